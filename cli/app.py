@@ -1,0 +1,195 @@
+"""The ``motex-db`` command: parses, calls motex_db, prints.
+
+Exit codes: 0 on success, 2 on bad input or a refused operation (one sentence
+on stderr), 1 on an internal error.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import click
+import typer
+
+from motex_db.errors import MotexError
+from motex_db.cli import output
+from motex_db.cli.output import console
+
+app = typer.Typer(
+    name="motex-db",
+    help="ML-MotEx motif extraction from PDF data, as a database-centric experiment tracker.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+structure_app = typer.Typer(help="Starting models: add, list, rename, remove.", no_args_is_help=True)
+data_app = typer.Typer(help="Measured PDFs: add, list.", no_args_is_help=True)
+app.add_typer(structure_app, name="structure")
+app.add_typer(data_app, name="data")
+
+DB_HELP = "Database URL (else $MOTEX_DB_URL, else sqlite:///motex.db)."
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP, show_default=False),
+) -> None:
+    """ML-MotEx motif extraction from PDF data, as a database-centric experiment tracker."""
+    ctx.obj = {"db": db}
+
+
+def engine_of(ctx: typer.Context, create: bool = True):
+    from motex_db.db import open_engine
+
+    return open_engine(ctx.obj["db"], create=create)
+
+
+@app.command()
+def init(ctx: typer.Context) -> None:
+    """Create the record, or upgrade it to this version's schema."""
+    from motex_db import db
+
+    engine = db.create_db_engine(ctx.obj["db"])
+    before = db.current_revision(engine)
+    after = db.upgrade(engine)
+    url = db.safe_url(str(engine.url))
+    if before == after:
+        console.print(f"{url} is up to date (schema revision {after}).")
+    elif before is None:
+        console.print(f"created {url} (schema revision {after}).")
+    else:
+        console.print(f"upgraded {url} from schema revision {before} to {after}.")
+
+
+@app.command()
+def status(ctx: typer.Context) -> None:
+    """Per structure and dataset: motifs, fits done and failed, best Rwp, trained models."""
+    from motex_db.db import current_revision, safe_url
+    from motex_db.record import Record
+
+    record = Record(engine=engine_of(ctx))
+    console.print(f"record: {safe_url(str(record.engine.url))} (schema revision {current_revision(record.engine)})")
+    frame = record.status()
+    if frame.empty:
+        console.print("no structure and dataset pair yet: add them with structure add and data add.")
+        return
+    output.print_frame(frame, title="status")
+
+
+@structure_app.command("add")
+def structure_add(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., help="Structure file: xyz, extxyz, cif or any format ase.io.read knows."),
+    name: Optional[str] = typer.Option(None, "--name", help="Name of the starting model (default: the file name)."),
+    permute: List[str] = typer.Option(..., "--permute", help="Permutable element (repeat for several)."),
+    bond_cutoff: float = typer.Option(2.6, "--bond-cutoff", help="Bond cutoff in Å: other atoms are kept with a kept permutable atom this close."),
+    radius: Optional[float] = typer.Option(None, "--radius", help="For a crystal: cut a sphere of this radius (Å) from a supercell around the cell centre."),
+) -> None:
+    """Add a starting model. The same file with the same choices again gives the existing one."""
+    from motex_db.structures import add_starting_model, summarize
+
+    model, created = add_starting_model(engine_of(ctx), file, name, permute, bond_cutoff, radius)
+    if not created:
+        console.print(f"{file} with these choices is already stored as '{model.name}' (id {model.id}); nothing added.")
+    output.print_structure_summary(summarize(model), created)
+
+
+@structure_app.command("list")
+def structure_list(ctx: typer.Context) -> None:
+    """List the starting models."""
+    from motex_db.record import Record
+
+    output.print_frame(Record(engine=engine_of(ctx)).structures(), title="starting models", empty="no structures yet.")
+
+
+@structure_app.command("rename")
+def structure_rename(ctx: typer.Context, old: str, new: str) -> None:
+    """Rename a starting model."""
+    from motex_db.structures import rename_starting_model
+
+    model = rename_starting_model(engine_of(ctx), old, new)
+    console.print(f"structure {model.id} is now called '{model.name}'.")
+
+
+@structure_app.command("remove")
+def structure_remove(
+    ctx: typer.Context,
+    name: str,
+    yes: bool = typer.Option(False, "--yes", help="Remove without asking."),
+) -> None:
+    """Remove a starting model with its motifs, fits, trained models and contributions."""
+    from motex_db.structures import dependent_counts, remove_starting_model
+
+    engine = engine_of(ctx)
+    counts = dependent_counts(engine, name)
+    described = ", ".join(f"{n} {what}" for what, n in counts.items())
+    console.print(f"structure '{name}' has {described}.")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise MotexError(f"not removing '{name}' without --yes.")
+        typer.confirm(f"Remove '{name}' and all of that?", abort=True)
+    remove_starting_model(engine, name)
+    console.print(f"removed '{name}' and {described}.")
+
+
+@data_app.command("add")
+def data_add(
+    ctx: typer.Context,
+    files: List[Path] = typer.Argument(..., help="PDF files: .gr (PDFgetX3/xPDFsuite), two-column text, or CSV with r and G columns."),
+    name: Optional[str] = typer.Option(None, "--name", help="Dataset name (one file only; default: the file name)."),
+    series: Optional[str] = typer.Option(None, "--series", help="Add the files as frames of this time-resolved series."),
+    time: Optional[float] = typer.Option(None, "--time", help="Frame time in seconds (one file)."),
+    times: Optional[Path] = typer.Option(None, "--times", help="CSV with columns file,time giving each frame's time in seconds."),
+) -> None:
+    """Add measured PDFs, all or none. The same content again gives the existing dataset."""
+    from motex_db.datasets import add_datasets
+
+    for row, created in add_datasets(engine_of(ctx), files, name, series, time, times):
+        output.print_dataset_added(row, created)
+
+
+@data_app.command("list")
+def data_list(ctx: typer.Context) -> None:
+    """List the datasets."""
+    from motex_db.record import Record
+
+    output.print_frame(Record(engine=engine_of(ctx)).datasets(), title="datasets", empty="no datasets yet.")
+
+
+@app.command()
+def sql(
+    ctx: typer.Context,
+    query: str = typer.Argument(..., help="One SQL statement that reads (writes are refused)."),
+    as_csv: bool = typer.Option(False, "--csv", help="Print CSV instead of a table."),
+) -> None:
+    """Run a read-only SQL query on the record and print the result."""
+    from motex_db.record import read_only_query
+
+    columns, rows = read_only_query(engine_of(ctx), query)
+    if as_csv:
+        output.write_csv(columns, rows)
+    else:
+        output.print_rows(columns, rows)
+
+
+def main() -> None:
+    """Entry point of the ``motex-db`` console script."""
+    try:
+        app(standalone_mode=False)
+    except MotexError as exc:
+        output.error(str(exc))
+        sys.exit(2)
+    except click.exceptions.Abort:
+        output.error("aborted; nothing changed.")
+        sys.exit(2)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        output.error("interrupted; what was committed is kept, run the command again to go on.")
+        sys.exit(130)
+

@@ -1,0 +1,94 @@
+"""Terminal output for the command line: tables, summaries, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from datetime import datetime
+from typing import Sequence
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+# Piped output (files, CI logs, tests) gets a wide page instead of rich's 80 columns.
+_WIDTH = None if sys.stdout.isatty() else 200
+console = Console(highlight=False, soft_wrap=True, width=_WIDTH)
+error_console = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 400)
+
+
+def error(message: str) -> None:
+    """One line on stderr."""
+    error_console.print(f"error: {message}", markup=False)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    if isinstance(value, (bytes, memoryview)):
+        return f"<{len(bytes(value))} bytes>"
+    return str(value)
+
+
+def print_rows(columns: Sequence[str], rows: Sequence[Sequence], title: str | None = None) -> None:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(str(column), overflow="fold")
+    for row in rows:
+        table.add_row(*(_cell(value) for value in row), end_section=False)
+    console.print(table)
+    console.print(f"{len(rows)} row{'s' if len(rows) != 1 else ''}")
+
+
+def print_frame(frame: pd.DataFrame, title: str | None = None, empty: str | None = None) -> None:
+    if frame.empty and empty:
+        console.print(empty)
+        return
+    rows = [[None if _missing(v) else v for v in row] for row in frame.itertuples(index=False)]
+    print_rows(list(frame.columns), rows, title)
+
+
+def write_csv(columns: Sequence[str], rows: Sequence[Sequence]) -> None:
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_cell(value) for value in row])
+
+
+def print_structure_summary(summary, created: bool) -> None:
+    verb = "added" if created else "existing"
+    per_element = ", ".join(f"{n} {el}" for el, n in summary.atoms_per_element.items())
+    console.print(f"{verb} structure '{summary.name}' (id {summary.id}): {per_element}; N = {summary.n_permutable} permutable atoms.")
+    if summary.unbonded:
+        listed = ", ".join(f"{el}{i + 1}" for i, el in zip(summary.unbonded, summary.unbonded_elements))
+        console.print(
+            f"{len(summary.unbonded)} non-permutable atoms are bonded to no permutable atom and will never be in a motif: {listed}"
+        )
+    else:
+        console.print("every non-permutable atom is bonded to at least one permutable atom.")
+
+
+def print_dataset_added(row, created: bool) -> None:
+    where = f", series '{row.series}' at t = {row.time:g} s" if row.series else ""
+    keys = ", ".join(f"{k}={row.meta[k]}" for k in ("qmin", "qmax", "composition", "mode") if k in row.meta)
+    if created:
+        console.print(
+            f"added dataset '{row.name}' (id {row.id}): {row.n_points} points, r {row.r_min:g}-{row.r_max:g} Å{where}"
+            + (f"; {keys}" if keys else "")
+        )
+    else:
+        console.print(f"{row.source_file} is already stored as dataset '{row.name}' (id {row.id}); nothing added.")
+
+
+def _missing(value) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,216 @@
+"""The record: SQLModel tables.
+
+The schema is a user interface (people query it with SQL), so table and column
+names are public and change only through a migration in ``migrations/``.
+Arrays are stored as ``.npy`` bytes (compact, self-describing, no pickle);
+small parameter dictionaries as JSON.
+"""
+
+from __future__ import annotations
+
+import io
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+import numpy as np
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class NumpyArray(sa.types.TypeDecorator):
+    """A numpy array stored as the bytes of an ``.npy`` file."""
+
+    impl = sa.LargeBinary
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Optional[bytes]:
+        if value is None:
+            return None
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(value), allow_pickle=False)
+        return buffer.getvalue()
+
+    def process_result_value(self, value: Any, dialect: Any) -> Optional[np.ndarray]:
+        if value is None:
+            return None
+        return np.load(io.BytesIO(value), allow_pickle=False)
+
+
+def _array_column(nullable: bool = False) -> Any:
+    return Field(default=None, sa_column=sa.Column(NumpyArray(), nullable=nullable))
+
+
+def _json_column(nullable: bool = False) -> Any:
+    return Field(default=None, sa_column=sa.Column(sa.JSON(), nullable=nullable))
+
+
+def _created_at() -> Any:
+    return Field(
+        default_factory=utcnow,
+        sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False),
+    )
+
+
+def _foreign_key(target: str) -> Any:
+    # ON DELETE CASCADE so that removing a structure or dataset removes what was
+    # computed from it, also when someone deletes rows with plain SQL.
+    return Field(
+        sa_column=sa.Column(
+            sa.Integer, sa.ForeignKey(target, ondelete="CASCADE"), nullable=False, index=True
+        )
+    )
+
+
+class StartingModel(SQLModel, table=True):
+    """A discrete starting structure and the choices that define its catalogue."""
+
+    model_config = {"arbitrary_types_allowed": True}
+
+    __tablename__ = "starting_model"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = Field(sa_column=sa.Column(sa.String(200), nullable=False, unique=True))
+    source_file: str
+    content_hash: str = Field(index=True)
+    # hash of (content, permutable elements, bond cutoff, radius): adding the same
+    # file with the same choices again finds the existing row
+    identity_hash: str = Field(sa_column=sa.Column(sa.String(64), nullable=False, unique=True))
+    n_atoms: int
+    elements: list = _json_column()
+    positions: np.ndarray = _array_column()
+    permutable_elements: list = _json_column()
+    n_permutable: int
+    bond_cutoff: float
+    radius: Optional[float] = None
+    created_at: datetime = _created_at()
+
+
+class Dataset(SQLModel, table=True):
+    """A measured (or derived) PDF: r in Å, G in Å^-2."""
+
+    model_config = {"arbitrary_types_allowed": True}
+
+    __tablename__ = "dataset"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = Field(sa_column=sa.Column(sa.String(200), nullable=False, unique=True))
+    source_file: str
+    content_hash: str = Field(sa_column=sa.Column(sa.String(64), nullable=False, unique=True))
+    n_points: int
+    r_min: float
+    r_max: float
+    r: np.ndarray = _array_column()
+    g: np.ndarray = _array_column()
+    dg: Optional[np.ndarray] = _array_column(nullable=True)
+    meta: dict = _json_column()
+    series: Optional[str] = Field(default=None, index=True)
+    time: Optional[float] = None
+    created_at: datetime = _created_at()
+
+
+class Motif(SQLModel, table=True):
+    """A subset of a starting model's permutable atoms."""
+
+    __tablename__ = "motif"
+    __table_args__ = (
+        sa.UniqueConstraint("starting_model_id", "mask", name="uq_motif_mask"),
+        sa.Index("ix_motif_model_size", "starting_model_id", "n_kept"),
+    )
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    starting_model_id: int = _foreign_key("starting_model.id")
+    # one '0'/'1' per permutable atom, in file order
+    mask: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    n_kept: int
+    n_atoms: int
+    sampler: str
+    created_at: datetime = _created_at()
+
+
+class FitConfig(SQLModel, table=True):
+    """Everything that changes a fit result; unique by content."""
+
+    __tablename__ = "fit_config"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    content_hash: str = Field(sa_column=sa.Column(sa.String(64), nullable=False, unique=True))
+    recipe: str
+    calculator: str
+    rmin: float
+    rmax: float
+    qmin: float
+    qmax: float
+    qdamp: float
+    qbroad: float
+    settings: dict = _json_column()
+    engine_version: str
+    created_at: datetime = _created_at()
+
+
+class FitResult(SQLModel, table=True):
+    """One motif fitted to one dataset with one configuration."""
+
+    __tablename__ = "fit_result"
+    __table_args__ = (
+        sa.UniqueConstraint("motif_id", "dataset_id", "fit_config_id", name="uq_fit_result"),
+        sa.Index("ix_fit_result_rwp", "dataset_id", "fit_config_id", "rwp"),
+    )
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    motif_id: int = _foreign_key("motif.id")
+    dataset_id: int = _foreign_key("dataset.id")
+    fit_config_id: int = _foreign_key("fit_config.id")
+    status: str = Field(
+        sa_column=sa.Column(
+            sa.String(10),
+            sa.CheckConstraint("status IN ('ok', 'failed')", name="ck_fit_result_status"),
+            nullable=False,
+        )
+    )
+    rwp: Optional[float] = None
+    params: Optional[dict] = _json_column(nullable=True)
+    error: Optional[str] = None
+    seconds: float = 0.0
+    created_at: datetime = _created_at()
+
+
+class TrainedModel(SQLModel, table=True):
+    """A surrogate model of Rwp from atom presence (step 3)."""
+
+    __tablename__ = "trained_model"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    starting_model_id: int = _foreign_key("starting_model.id")
+    dataset_id: int = _foreign_key("dataset.id")
+    fit_config_id: int = _foreign_key("fit_config.id")
+    inputs_hash: str = Field(index=True)
+    n_motifs: int
+    seed: int
+    hyperparameters: dict = _json_column()
+    metrics: dict = _json_column()
+    overall_confidence: Optional[float] = None
+    model: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    mlflow_run_id: Optional[str] = None
+    created_at: datetime = _created_at()
+
+
+class AtomContribution(SQLModel, table=True):
+    """One permutable atom's importance for the fit quality (step 4)."""
+
+    __tablename__ = "atom_contribution"
+    __table_args__ = (
+        sa.UniqueConstraint("trained_model_id", "atom_index", name="uq_atom_contribution"),
+    )
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    trained_model_id: int = _foreign_key("trained_model.id")
+    # 1-based among the permutable atoms, file order
+    atom_index: int
+    element: str
+    contribution: float
+    uncertainty: float
+    confidence: float
