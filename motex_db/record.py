@@ -126,8 +126,3 @@ class Record:
     def status(self) -> pd.DataFrame:
         """Per structure and dataset: motifs, fits done and failed, best Rwp, trained models."""
         return self._frame(_STATUS_QUERY)
-
-
-def open_record(url: Optional[str] = None) -> Record:
-    """Open the record at ``url`` (else ``$MOTEX_DB_URL``, else ``sqlite:///motex.db``)."""
-    return Record(url)

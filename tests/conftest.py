@@ -1,0 +1,92 @@
+"""Shared fixtures: real record databases (SQLite files and PostgreSQL), the real CLI, shared data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from support import CliResult, motex_executable
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "MOTEX_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+REQUIRE_POSTGRES = os.environ.get("MOTEX_TEST_REQUIRE_POSTGRES") == "1"
+
+
+
+def _postgres_unavailable_reason() -> str | None:
+    try:
+        engine = sa.create_engine(POSTGRES_ADMIN_URL, connect_args={"connect_timeout": 3})
+        with engine.connect():
+            pass
+        engine.dispose()
+        return None
+    except Exception as exc:  # any failure to connect means: no server here
+        return f"no PostgreSQL server answers at {POSTGRES_ADMIN_URL}: {str(exc).splitlines()[0]}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The admin URL of the PostgreSQL test server; skips (or fails in CI) where none answers."""
+    reason = _postgres_unavailable_reason()
+    if reason:
+        if REQUIRE_POSTGRES:
+            pytest.fail(reason + " (MOTEX_TEST_REQUIRE_POSTGRES=1)")
+        pytest.skip(reason)
+    return POSTGRES_ADMIN_URL
+
+
+def _create_postgres_database(admin_url: str) -> tuple[str, callable]:
+    name = f"motex_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+    url = sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    return url, drop
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    url, drop = _create_postgres_database(postgres_server)
+    yield url
+    drop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    """An empty record database of each backend: a SQLite file, and a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'motex.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def motex(tmp_path):
+    """Run the real ``motex-db`` console script in a subprocess: ``motex("init", db=url)``."""
+
+    def run(*args: str, db: str | None = None, cwd: Path | None = None, env: dict | None = None) -> CliResult:
+        command = [motex_executable()] + (["--db", db] if db else []) + [str(a) for a in args]
+        completed = subprocess.run(
+            command,
+            cwd=cwd or tmp_path,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            timeout=600,
+        )
+        return CliResult(completed.returncode, completed.stdout, completed.stderr)
+
+    return run
