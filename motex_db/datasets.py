@@ -69,8 +69,8 @@ def _parse_header(lines: Sequence[str]) -> dict:
 def _parse_columns(lines: Iterable[tuple[int, str]], path: Path) -> np.ndarray:
     rows = []
     for number, line in lines:
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
+        stripped = line.split("#", 1)[0].strip()
+        if not stripped:
             continue
         try:
             rows.append([float(value) for value in stripped.replace(",", " ").split()])

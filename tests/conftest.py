@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import uuid
@@ -73,8 +74,8 @@ def db_url(request, tmp_path) -> str:
 
 
 @pytest.fixture
-def motex(tmp_path):
-    """Run the real ``motex-db`` console script in a subprocess: ``motex("init", db=url)``."""
+def motex_process(tmp_path):
+    """Run the real ``motex-db`` console script in a subprocess: ``motex_process("init", db=url)``."""
 
     def run(*args: str, db: str | None = None, cwd: Path | None = None, env: dict | None = None) -> CliResult:
         command = [motex_executable()] + (["--db", db] if db else []) + [str(a) for a in args]
@@ -88,5 +89,34 @@ def motex(tmp_path):
             timeout=600,
         )
         return CliResult(completed.returncode, completed.stdout, completed.stderr)
+
+    return run
+
+
+@pytest.fixture
+def motex(tmp_path, capsys, monkeypatch):
+    """Run the ``motex-db`` command in this process (the same ``main`` the console script calls).
+
+    Much faster than a subprocess; the exit code is the one ``main`` would give.
+    Tests of the console script itself use ``motex_process``.
+    """
+    from motex_db.cli.app import main
+
+    def run(*args: str, db: str | None = None, cwd: Path | None = None, env: dict | None = None) -> CliResult:
+        argv = ["motex-db"] + (["--db", db] if db else []) + [str(a) for a in args]
+        with monkeypatch.context() as patch:
+            patch.chdir(cwd or tmp_path)
+            patch.setattr("sys.argv", argv)
+            patch.setattr("sys.stdin", io.StringIO(""))
+            for key, value in (env or {}).items():
+                patch.setenv(key, value)
+            capsys.readouterr()
+            try:
+                main()
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
 
     return run

@@ -37,8 +37,8 @@ def test_init_creates_then_reports_up_to_date(motex, db_url):
     assert PUBLIC_TABLES <= tables
 
 
-def test_default_url_is_motex_db_in_the_current_directory(motex, tmp_path, monkeypatch):
-    result = motex("init", env={"MOTEX_DB_URL": ""})
+def test_default_url_is_motex_db_in_the_current_directory(motex_process, tmp_path):
+    result = motex_process("init", env={"MOTEX_DB_URL": ""})
     assert result.exit_code == 0, result.output
     assert (tmp_path / "motex.db").is_file()
     assert "sqlite:///motex.db" in result.stdout
@@ -50,7 +50,8 @@ def test_environment_variable_names_the_database(motex, tmp_path):
     assert (tmp_path / "from_env.db").is_file()
 
 
-def test_password_is_never_printed(motex, postgres_url):
+def test_password_is_never_printed(motex_process, postgres_url):
+    motex = motex_process
     with_password = sa.engine.make_url(postgres_url).set(password="s3cret-pw")
     url = with_password.render_as_string(hide_password=False)
     result = motex("init", db=url)
@@ -71,8 +72,8 @@ def test_password_is_never_printed(motex, postgres_url):
         ("not a url", "not a database URL"),
     ],
 )
-def test_bad_database_url_is_one_sentence_and_exit_2(motex, url, words):
-    result = motex("status", db=url)
+def test_bad_database_url_is_one_sentence_and_exit_2(motex_process, url, words):
+    result = motex_process("status", db=url)
     assert result.exit_code == 2
     assert words in result.stderr
     assert result.stderr.count("\n") == 1
