@@ -193,3 +193,7 @@ def main() -> None:
         output.error("interrupted; what was committed is kept, run the command again to go on.")
         sys.exit(130)
 
+
+
+# The step commands register themselves on `app`.
+from motex_db.cli import steps  # noqa: E402,F401

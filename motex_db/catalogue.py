@@ -14,6 +14,7 @@ References: Anker et al., npj Comput. Mater. 8, 213 (2022) (ML-MotEx).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
@@ -34,6 +35,9 @@ __all__ = [
     "parse_mask_file",
     "sample_uniform_masks",
     "sample_sphere_masks",
+    "SampleOutcome",
+    "sample_motifs",
+    "add_mask_file",
 ]
 
 # Sizes k with at most this many masks C(N, k) are enumerated outright instead
@@ -427,3 +431,124 @@ def _sphere_batch(
     masks = cdist(centre, positions) <= radius[:, None]
     texts = masks_to_text(masks)
     return [t if m.any() else None for t, m in zip(texts, masks)]
+
+
+# --------------------------------------------------------------------------
+# The catalogue in the record
+
+
+@dataclass(frozen=True)
+class SampleOutcome:
+    """What a call of :func:`sample_motifs` or :func:`add_mask_file` did."""
+
+    structure: str
+    requested: int
+    added: int
+    already_stored: int
+    exhausted: bool
+    sampler: str
+    total: int
+
+
+def _stored_masks(session, model_id: int) -> set[str]:
+    from sqlmodel import select
+
+    from motex_db.models import Motif
+
+    return set(session.exec(select(Motif.mask).where(Motif.starting_model_id == model_id)).all())
+
+
+def _insert_motifs(session, model, masks: list[str], sampler: str) -> int:
+    """Insert motifs in bulk, skipping masks another process stored meanwhile; returns how many went in."""
+    from sqlalchemy import func, select as sa_select
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    from motex_db.models import Motif, utcnow
+
+    if not masks:
+        return 0
+    flags = np.isin(np.asarray(model.elements), model.permutable_elements)
+    membership = membership_matrix(model.positions, flags, model.bond_cutoff)
+    arrays = masks_from_text(masks, model.n_permutable)
+    n_atoms = motif_atom_counts(arrays, membership)
+    n_kept = arrays.sum(axis=1)
+    now = utcnow()
+    rows = [
+        {"starting_model_id": model.id, "mask": m, "n_kept": int(k), "n_atoms": int(a), "sampler": sampler, "created_at": now}
+        for m, k, a in zip(masks, n_kept, n_atoms)
+    ]
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    count = lambda: session.execute(
+        sa_select(func.count()).select_from(Motif).where(Motif.starting_model_id == model.id)
+    ).scalar_one()
+    before = count()
+    statement = dialect.insert(Motif.__table__).on_conflict_do_nothing(
+        index_elements=["starting_model_id", "mask"]
+    )
+    for start in range(0, len(rows), 20_000):
+        session.execute(statement, rows[start : start + 20_000])
+    return count() - before
+
+
+def sample_motifs(
+    engine,
+    structure: str,
+    n: int,
+    strategy: str = "uniform",
+    seed: int | None = None,
+    min_atoms: int = 1,
+    max_atoms: int | None = None,
+    radius_min: float = 3.0,
+    radius_max: float = 10.0,
+) -> SampleOutcome:
+    """Add ``n`` new distinct motifs to a starting model's catalogue, in one transaction.
+
+    ``strategy`` is 'uniform' (ML-MotEx's sampler; ``min_atoms``/``max_atoms``
+    bound the number of kept permutable atoms) or 'sphere' (the cookie cutter,
+    radii in Å). The seed (drawn when not given) is recorded in ``motif.sampler``;
+    the same seed on the same catalogue gives the same motifs.
+    """
+    from motex_db.db import transaction
+    from motex_db.structures import get_starting_model
+
+    if n < 1:
+        raise InputError(f"--n must be at least 1, not {n}.")
+    if strategy not in ("uniform", "sphere"):
+        raise InputError(f"unknown sampling strategy '{strategy}' (use uniform or sphere).")
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy % 2**31)
+    rng = np.random.default_rng(seed)
+    with transaction(engine) as session:
+        model = get_starting_model(session, structure)
+        stored = _stored_masks(session, model.id)
+        if strategy == "uniform":
+            k_max = model.n_permutable if max_atoms is None else max_atoms
+            if not 1 <= min_atoms <= k_max <= model.n_permutable:
+                raise InputError(
+                    f"--min-atoms {min_atoms} and --max-atoms {k_max} must satisfy "
+                    f"1 <= min <= max <= {model.n_permutable} (the permutable atoms of '{structure}')."
+                )
+            masks, exhausted = sample_uniform_masks(model.n_permutable, n, rng, stored, min_atoms, k_max)
+            sampler = f"uniform k={min_atoms}..{k_max} seed={seed}"
+        else:
+            flags = np.isin(np.asarray(model.elements), model.permutable_elements)
+            masks, exhausted = sample_sphere_masks(
+                model.positions[flags], n, rng, stored, radius_min, radius_max
+            )
+            sampler = f"sphere r={radius_min:g}..{radius_max:g} seed={seed}"
+        added = _insert_motifs(session, model, masks, sampler)
+        return SampleOutcome(structure, n, added, len(masks) - added, exhausted, sampler, len(stored) + added)
+
+
+def add_mask_file(engine, structure: str, path: str | Path) -> SampleOutcome:
+    """Add hand-picked motifs from a file of '0'/'1' lines; masks already stored are skipped."""
+    from motex_db.db import transaction
+    from motex_db.structures import get_starting_model
+
+    with transaction(engine) as session:
+        model = get_starting_model(session, structure)
+        masks = masks_to_text(parse_mask_file(path, model.n_permutable))
+        stored = _stored_masks(session, model.id)
+        new = list(dict.fromkeys(m for m in masks if m not in stored))
+        added = _insert_motifs(session, model, new, f"file {Path(path).name}")
+        return SampleOutcome(structure, len(masks), added, len(masks) - added, False, "file", len(stored) + added)
