@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from motex_db.cli.app import app, engine_of
+from motex_db.cli import output
 from motex_db.cli.output import console
 from motex_db.errors import InputError
 
@@ -109,3 +110,95 @@ def demo(
 
     url = run_demo(directory, url=ctx.obj["db"], on_step=console.print)
     console.print(f"done: look at it with  motex-db --db {url} status")
+
+
+def _parse_pair(text: Optional[str], option: str) -> Optional[tuple[float, float]]:
+    if text is None:
+        return None
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"{option} takes two numbers separated by a comma (for example 0.99,1.01), not '{text}'.") from None
+    return low, high
+
+
+@app.command()
+def fit(
+    ctx: typer.Context,
+    structure: str = typer.Option(..., "--structure", help="Starting model whose catalogue is fitted."),
+    data: str = typer.Option(..., "--data", help="Dataset to fit against."),
+    recipe: str = typer.Option("fast", "--recipe", help="fast (scale and one zoom) or mlmotex (scale and three zooms, the published recipe)."),
+    calculator: Optional[str] = typer.Option(None, "--calculator", help="real (default) or debye."),
+    radiation: Optional[str] = typer.Option(None, "--radiation", help="xray (default) or neutron."),
+    rmin: Optional[float] = typer.Option(None, "--rmin", help="Fit range start, Å (default 1.6)."),
+    rmax: Optional[float] = typer.Option(None, "--rmax", help="Fit range end, Å (default 10)."),
+    qmin: Optional[float] = typer.Option(None, "--qmin", help="Qmin, Å^-1 (default: the data header's, else 0.7)."),
+    qmax: Optional[float] = typer.Option(None, "--qmax", help="Qmax, Å^-1 (default: the data header's, else 20)."),
+    qdamp: Optional[float] = typer.Option(None, "--qdamp", help="Q damping, Å^-1 (default 0.05)."),
+    qbroad: Optional[float] = typer.Option(None, "--qbroad", help="Q broadening, Å^-1 (default 0)."),
+    biso: List[str] = typer.Option([], "--biso", help="Biso EL=VALUE in Å^2 (fixed, or the start when refined); *=VALUE for all (default *=0.4)."),
+    delta2: Optional[float] = typer.Option(None, "--delta2", help="delta2, Å^2 (fixed, or the start when refined; default 0)."),
+    free: Optional[str] = typer.Option(None, "--free", help="Refined parameters, comma separated: scale, zoom or zoom3, biso or biso_EL, delta2."),
+    scale_start: Optional[float] = typer.Option(None, "--scale-start", help="Start value of the scale."),
+    zoom_start: Optional[float] = typer.Option(None, "--zoom-start", help="Start value of the zoom(s)."),
+    zoom_bounds: Optional[str] = typer.Option(None, "--zoom-bounds", help="Restraint window of the zoom(s), LOW,HIGH (default 0.99,1.01)."),
+    zoom_sigma: Optional[float] = typer.Option(None, "--zoom-sigma", help="Restraint sigma of the zoom(s) (default 0.001)."),
+    workers: int = typer.Option(1, "--workers", help="Local worker processes."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Fit again the motifs whose fit failed."),
+    lease: float = typer.Option(300.0, "--lease", help="Seconds after which another worker may take over a claimed batch."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Motifs per claimed batch (default: adaptive, about a second of work)."),
+) -> None:
+    """Fit every motif of a structure that has no result yet for this dataset and recipe."""
+    from motex_db.fitting.settings import FitSettings
+    from motex_db.fitting.work import fit_catalogue
+
+    overrides = {
+        "calculator": calculator, "radiation": radiation, "rmin": rmin, "rmax": rmax, "qmin": qmin, "qmax": qmax,
+        "qdamp": qdamp, "qbroad": qbroad, "delta2": delta2, "scale_start": scale_start, "zoom_start": zoom_start,
+        "zoom_bounds": _parse_pair(zoom_bounds, "--zoom-bounds"), "zoom_sigma": zoom_sigma,
+        "biso": _parse_biso(biso) if biso else None,
+        "free": tuple(p.strip() for p in free.split(",") if p.strip()) if free else None,
+    }
+    settings = FitSettings.for_recipe(recipe, **{k: v for k, v in overrides.items() if v is not None})
+    engine = engine_of(ctx)
+    with output.fit_progress() as on_progress:
+        summary = fit_catalogue(
+            engine, structure, data, settings, workers=workers, retry_failed=retry_failed,
+            lease_seconds=lease, on_progress=on_progress, batch_size=batch_size,
+        )
+    output.print_fit_summary(summary)
+
+
+@app.command()
+def refine(
+    ctx: typer.Context,
+    motif: int = typer.Option(..., "--motif", help="Motif id (see motex-db sql \"SELECT * FROM motif_fit ORDER BY rwp\")."),
+    data: str = typer.Option(..., "--data", help="Dataset to refine against."),
+    free: str = typer.Option("scale,zoom3,biso", "--free", help="Refined: scale, zoom or zoom3, biso or biso_EL, delta2."),
+    recipe: str = typer.Option("mlmotex", "--recipe", help="Recipe giving the calculation and start values."),
+    zoom_start: Optional[float] = typer.Option(None, "--zoom-start", help="Start value of the zoom(s)."),
+    biso: List[str] = typer.Option([], "--biso", help="Start Biso EL=VALUE in Å^2 (*=VALUE for all)."),
+    delta2: Optional[float] = typer.Option(None, "--delta2", help="Start delta2, Å^2."),
+    rmin: Optional[float] = typer.Option(None, "--rmin", help="Fit range start, Å."),
+    rmax: Optional[float] = typer.Option(None, "--rmax", help="Fit range end, Å."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the plots and values (default refine-motif-ID)."),
+) -> None:
+    """A full diffpy.srfit refinement of one motif: values with uncertainties, Rwp, and plots."""
+    from motex_db.fitting.refine import refine_motif
+    from motex_db.fitting.settings import FitSettings
+    from motex_db.reports.refinement import write_refinement_files
+
+    overrides = {"zoom_start": zoom_start, "delta2": delta2, "rmin": rmin, "rmax": rmax,
+                 "biso": _parse_biso(biso) if biso else None}
+    settings = FitSettings.for_recipe(recipe, **{k: v for k, v in overrides.items() if v is not None})
+    words = [w.strip() for w in free.split(",") if w.strip()]
+    result = refine_motif(engine_of(ctx), motif, data, settings, words)
+    files = write_refinement_files(result, out or Path(f"refine-motif-{motif}"))
+    console.print(f"motif {result.motif_id} ({result.mask}, {len(result.elements)} atoms) of '{result.structure}' against '{result.dataset}'")
+    output.print_rows(
+        ["parameter", "value", "uncertainty"],
+        [(name, result.values[name], result.uncertainties.get(name)) for name in result.values],
+    )
+    console.print(f"Rwp = {result.rwp:.5f}")
+    for kind, path in files.items():
+        console.print(f"{kind}: {path}")
