@@ -50,7 +50,9 @@ def _create_postgres_database(admin_url: str) -> tuple[str, callable]:
 
     def drop() -> None:
         with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            # the MLflow store of a PostgreSQL record lives in NAME_mlflow beside it
+            for database in (name, f"{name}_mlflow"):
+                connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         admin.dispose()
 
     url = sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
