@@ -1,0 +1,216 @@
+"""Step 3: the surrogate of Rwp from atom presence (motex_db.learning)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import xgboost as xgb
+
+from motex_db import learning
+from motex_db.catalogue import masks_from_text, sample_uniform_masks
+from motex_db.errors import InputError
+
+N_ATOMS = 12
+NOISE = 0.005
+
+
+def synthetic_catalogue(n_motifs: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """ML-MotEx-sampled masks over 12 atoms; keeping atoms 1-6 lowers Rwp, keeping 7-12 raises it."""
+    texts, _ = sample_uniform_masks(N_ATOMS, n_motifs, np.random.default_rng(seed))
+    masks = masks_from_text(texts, N_ATOMS)
+    noise = NOISE * np.random.default_rng(seed + 100).standard_normal(len(masks))
+    rwp = 0.5 - 0.02 * masks[:, :6].sum(axis=1) + 0.015 * masks[:, 6:].sum(axis=1) + noise
+    return masks, rwp
+
+
+@pytest.fixture(scope="module")
+def catalogue():
+    return synthetic_catalogue(2000)
+
+
+@pytest.fixture(scope="module")
+def trained(catalogue):
+    masks, rwp = catalogue
+    return learning.train_surrogate(masks, rwp, seed=0, n_iter=3)
+
+
+# --------------------------------------------------------------------------
+# Features and split
+
+
+def test_features_are_the_kept_count_then_one_column_per_atom():
+    masks = np.array([[1, 0, 1, 1], [0, 0, 1, 0]], dtype=bool)
+    X = learning.features(masks)
+    assert X.dtype == np.float64
+    np.testing.assert_array_equal(X, [[3, 1, 0, 1, 1], [1, 0, 0, 1, 0]])
+    assert learning.feature_names(4) == ["n_kept", "atom_1", "atom_2", "atom_3", "atom_4"]
+    np.testing.assert_array_equal(learning.features(masks.astype(int)), X)
+
+
+def test_features_refuse_what_is_not_a_mask():
+    with pytest.raises(InputError, match="0/1"):
+        learning.features(np.array([[0, 2, 1]]))
+    with pytest.raises(InputError, match="shape"):
+        learning.features(np.array([1, 0, 1]))
+
+
+def test_split_is_a_seeded_shuffled_80_20_partition():
+    train, test = learning.split(1000, seed=3)
+    assert (len(train), len(test)) == (800, 200)
+    assert np.intersect1d(train, test).size == 0
+    np.testing.assert_array_equal(np.sort(np.concatenate([train, test])), np.arange(1000))
+    # shuffled, not the last 20 % as ML-MotEx did
+    assert test.max() - test.min() > 500
+    again = learning.split(1000, seed=3)
+    np.testing.assert_array_equal(again[1], test)
+    assert not np.array_equal(learning.split(1000, seed=4)[1], test)
+    with pytest.raises(InputError, match="seed"):
+        learning.split(1000, seed=-1)
+
+
+# --------------------------------------------------------------------------
+# The search
+
+
+def test_search_runs_the_random_starts_then_n_iter_bayesian_trials(catalogue):
+    masks, rwp = catalogue
+    X, y = learning.features(masks[:300]), rwp[:300]
+    seen = []
+    result = learning.search_hyperparameters(
+        X, y, seed=0, n_iter=2, cv=3, on_trial=lambda i, p, s: seen.append((i, p, s))
+    )
+    assert [i for i, _, _ in seen] == [0, 1, 2, 3, 4, 5]
+    assert [t.cv_mae for t in result.trials] == [s for _, _, s in seen]
+    space = learning.SearchSpace()
+    for _, params, score in seen:
+        assert space.learning_rate[0] <= params["learning_rate"] <= space.learning_rate[1]
+        assert space.max_depth[0] <= params["max_depth"] <= space.max_depth[1]
+        assert isinstance(params["max_depth"], int)
+        assert score > 0
+    json.dumps(result.best_params)  # plain Python numbers, ready for MLflow and the record
+    best = min(result.trials, key=lambda t: t.cv_mae)
+    assert result.best_cv_mae == best.cv_mae
+    assert {k: result.best_params[k] for k in best.params} == best.params
+    assert all(len(t.fold_mae) == 3 for t in result.trials)
+
+
+def test_search_refuses_impossible_settings(catalogue):
+    masks, rwp = catalogue
+    X, y = learning.features(masks[:50]), rwp[:50]
+    with pytest.raises(InputError, match="folds"):
+        learning.search_hyperparameters(X, y, seed=0, n_iter=1, cv=1)
+    with pytest.raises(InputError, match="random start"):
+        learning.search_hyperparameters(X, y, seed=0, n_iter=1, n_initial=0)
+
+
+# --------------------------------------------------------------------------
+# The whole of step 3
+
+
+def test_the_surrogate_learns_a_synthetic_rwp(trained):
+    # the noise alone gives MAE = 0.005 * sqrt(2 / pi) = 0.004
+    assert trained.metrics["mae"] < 0.006
+    assert trained.metrics["rmse"] < 0.0075
+    assert trained.metrics["r2"] > 0.9
+    assert set(trained.metrics) == {"mae", "rmse", "r2"}
+    assert len(trained.trials) == 4 + 3
+    assert trained.feature_names[0] == "n_kept" and len(trained.feature_names) == N_ATOMS + 1
+    np.testing.assert_allclose(
+        np.mean(np.abs(trained.y_test - trained.y_pred_test)), trained.metrics["mae"], rtol=1e-6
+    )
+
+
+def test_early_stopping_uses_a_validation_part_of_the_training_motifs(trained):
+    train, test = trained.train_idx, trained.test_idx
+    validation, fit = trained.validation_idx, trained.fit_idx
+    assert np.intersect1d(train, test).size == 0
+    assert np.isin(validation, train).all() and np.isin(fit, train).all()
+    assert np.intersect1d(validation, test).size == 0 and np.intersect1d(fit, test).size == 0
+    assert np.intersect1d(validation, fit).size == 0
+    np.testing.assert_array_equal(np.sort(np.concatenate([validation, fit])), train)
+    assert abs(len(validation) - 0.2 * len(train)) <= 1
+
+
+def test_the_model_is_cut_at_the_best_round_of_its_learning_curve(trained):
+    curve = trained.learning_curve
+    n_run = len(curve["validation"]["mae"])
+    assert len(curve["train"]["mae"]) == len(curve["train"]["rmse"]) == n_run
+    best = trained.best_iteration
+    assert n_run == best + 1 + learning.EARLY_STOPPING_ROUNDS
+    assert curve["validation"]["mae"][best] == min(curve["validation"]["mae"])
+    assert trained.model.get_booster().num_boosted_rounds() == best + 1
+    assert trained.hyperparameters["n_estimators"] == best + 1
+
+
+def test_the_stored_hyperparameters_rebuild_the_model(trained, catalogue):
+    masks, rwp = catalogue
+    X = learning.features(masks)
+    rebuilt = xgb.XGBRegressor(**trained.hyperparameters, n_jobs=1).fit(X[trained.fit_idx], rwp[trained.fit_idx])
+    assert learning.model_to_json(rebuilt) == trained.model_json
+
+
+def test_same_inputs_and_seed_give_the_same_model_and_another_seed_another_split(trained, catalogue):
+    masks, rwp = catalogue
+    again = learning.train_surrogate(masks, rwp, seed=0, n_iter=3)
+    assert again.model_json == trained.model_json
+    assert again.metrics == trained.metrics
+    assert again.hyperparameters == trained.hyperparameters
+    np.testing.assert_array_equal(again.test_idx, trained.test_idx)
+
+    other = learning.train_surrogate(masks[:400], rwp[:400], seed=1, n_iter=1)
+    first = learning.split(400, seed=0)[1]
+    assert not np.array_equal(other.test_idx, first)
+
+
+def test_the_final_fit_is_deterministic_with_row_subsampling(catalogue):
+    masks, rwp = catalogue
+    X, y = learning.features(masks[:500]), rwp[:500]
+    params = {"learning_rate": 0.3, "max_depth": 4, "min_child_weight": 2.0, "subsample": 0.6}
+    one = learning.train_final(X, y, params, seed=5)
+    two = learning.train_final(X, y, params, seed=5)
+    assert learning.model_to_json(one.model) == learning.model_to_json(two.model)
+    three = learning.train_final(X, y, params, seed=6)
+    assert learning.model_to_json(three.model) != learning.model_to_json(one.model)
+
+
+def test_model_json_round_trips_to_identical_predictions(trained, catalogue):
+    masks, _ = catalogue
+    X = learning.features(masks)
+    loaded = learning.model_from_json(trained.model_json)
+    np.testing.assert_array_equal(loaded.predict(X), trained.model.predict(X))
+    assert learning.model_to_json(loaded) == trained.model_json
+    assert json.loads(trained.model_json)["learner"]["learner_model_param"]["num_feature"] == str(N_ATOMS + 1)
+    with pytest.raises(InputError, match="XGBoost"):
+        learning.model_from_json('{"not": "a model"}')
+
+
+def test_evaluate_against_hand_computed_scores():
+    X = learning.features(np.array([[1, 0], [0, 1], [1, 1], [1, 0]], dtype=bool))
+    y = np.array([0.1, 0.3, 0.2, 0.4])
+    model = learning.model_from_json(
+        learning.model_to_json(
+            xgb.XGBRegressor(n_estimators=1, max_depth=1, learning_rate=1.0, tree_method="hist",
+                             min_child_weight=0.0, reg_lambda=0.0).fit(X, y)
+        )
+    )
+    predicted = model.predict(X).astype(float)
+    scores = learning.evaluate(model, X, y)
+    assert scores["mae"] == pytest.approx(np.mean(np.abs(y - predicted)))
+    assert scores["rmse"] == pytest.approx(np.sqrt(np.mean((y - predicted) ** 2)))
+    assert scores["r2"] == pytest.approx(1 - np.sum((y - predicted) ** 2) / np.sum((y - y.mean()) ** 2))
+
+
+def test_training_refuses_what_cannot_be_learned(catalogue):
+    masks, rwp = catalogue
+    with pytest.raises(InputError, match="at least 20"):
+        learning.train_surrogate(masks[:19], rwp[:19], n_iter=1)
+    with pytest.raises(InputError, match="same Rwp"):
+        learning.train_surrogate(masks[:50], np.full(50, 0.3), n_iter=1)
+    bad = rwp[:50].copy()
+    bad[3] = np.nan
+    with pytest.raises(InputError, match="not finite"):
+        learning.train_surrogate(masks[:50], bad, n_iter=1)
+    with pytest.raises(InputError, match="one Rwp per motif"):
+        learning.train_surrogate(masks[:50], rwp[:49], n_iter=1)
