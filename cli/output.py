@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Sequence
 
@@ -92,3 +93,47 @@ def _missing(value) -> bool:
         return bool(pd.isna(value))
     except (TypeError, ValueError):
         return False
+
+
+@contextmanager
+def fit_progress():
+    """A progress bar with fits per second and ETA; yields the ``on_progress`` callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = (
+        TextColumn("fitting"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:,.0f} fits/s"), TextColumn("failed {task.fields[failed]}"),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+    )
+    progress = Progress(*columns, console=error_console, transient=False)
+    task = None
+
+    def update(state) -> None:
+        nonlocal task
+        if task is None:
+            task = progress.add_task("fit", total=state.total, rate=0.0, failed=0)
+        progress.update(task, completed=state.done, rate=state.rate, failed=state.failed)
+
+    with progress:
+        yield update
+
+
+def print_fit_summary(summary) -> None:
+    if summary.retried:
+        console.print(f"{summary.retried} failed fits were cleared to be tried again.")
+    if summary.fitted == 0:
+        console.print(
+            f"nothing to fit: all {summary.already_done} motifs of '{summary.structure}' already have a result "
+            f"for '{summary.dataset}' with fit config {summary.fit_config_id} ({summary.recipe})."
+        )
+    else:
+        console.print(
+            f"fitted {summary.fitted} motifs of '{summary.structure}' to '{summary.dataset}' "
+            f"(fit config {summary.fit_config_id}, {summary.recipe}) in {summary.seconds:.1f} s "
+            f"({summary.rate:,.0f} fits/s, {summary.workers} worker{'s' if summary.workers > 1 else ''}); "
+            f"{summary.failed} failed."
+        )
+    if summary.best_rwp is not None:
+        console.print(
+            f"best Rwp {summary.best_rwp:.4f}: motif {summary.best_motif_id} with {summary.best_motif_size} kept atoms."
+        )

@@ -174,6 +174,11 @@ def open_engine(url: Optional[str] = None, create: bool = True) -> Engine:
 def transaction(engine: Engine) -> Iterator[Session]:
     """A session whose work is committed at the end, or rolled back on any error."""
     with Session(engine, expire_on_commit=False) as session:
+        if is_sqlite(engine):
+            # Take SQLite's write lock up front. A deferred transaction that reads and
+            # then writes fails at once (SQLITE_BUSY_SNAPSHOT) when another process
+            # committed in between; an immediate one waits its turn (busy timeout).
+            session.connection().exec_driver_sql("BEGIN IMMEDIATE")
         try:
             yield session
             session.commit()

@@ -214,3 +214,33 @@ class AtomContribution(SQLModel, table=True):
     contribution: float
     uncertainty: float
     confidence: float
+
+
+class FitClaim(SQLModel, table=True):
+    """A worker's lease on one (motif, dataset, fit_config) while it fits it.
+
+    Claims are short-lived bookkeeping, not results: a worker inserts them in
+    the transaction that picks its batch and deletes them in the transaction
+    that writes the results. A claim past ``expires_at`` (its worker died or
+    hangs) may be taken over by any worker.
+    """
+
+    __tablename__ = "fit_claim"
+    __table_args__ = (
+        sa.UniqueConstraint("motif_id", "dataset_id", "fit_config_id", name="uq_fit_claim"),
+        sa.Index("ix_fit_claim_work", "dataset_id", "fit_config_id"),
+    )
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    motif_id: int = Field(
+        sa_column=sa.Column(sa.Integer, sa.ForeignKey("motif.id", ondelete="CASCADE"), nullable=False)
+    )
+    dataset_id: int = Field(
+        sa_column=sa.Column(sa.Integer, sa.ForeignKey("dataset.id", ondelete="CASCADE"), nullable=False)
+    )
+    fit_config_id: int = Field(
+        sa_column=sa.Column(sa.Integer, sa.ForeignKey("fit_config.id", ondelete="CASCADE"), nullable=False)
+    )
+    # host:pid:token, so a worker on the same host can see that the process is gone
+    worker: str
+    expires_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))

@@ -1,0 +1,469 @@
+"""Fitting a catalogue against a dataset: claimed, resumable, shared work in the record.
+
+Any number of workers (processes, on one machine or many) fit the same
+(structure, dataset, fit_config) by sharing one database, as Optuna's workers
+share a study:
+
+1. In one short transaction a worker picks motifs that have neither a result
+   nor a live claim, and inserts a ``fit_claim`` row for each (on PostgreSQL the
+   candidate rows are locked ``FOR UPDATE SKIP LOCKED``, so two workers never
+   pick the same ones; the unique constraint on claims is the safety net on
+   every backend, and SQLite serialises writers anyway).
+2. It fits the batch outside any transaction.
+3. In one transaction it inserts the results and deletes its claims.
+
+A worker killed at any moment leaves at most its claims behind, never a half
+written result. Claims expire after ``lease_seconds``; claims of a process on
+this host that no longer exists are released at once, so a run restarted after
+kill -9 on the same machine goes on immediately.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Callable, Optional
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from motex_db.catalogue import masks_from_text, membership_matrix
+from motex_db.datasets import get_dataset
+from motex_db.db import is_sqlite, transaction
+from motex_db.errors import InputError
+from motex_db.fitting.settings import ENGINE_VERSION, FitSettings
+from motex_db.models import Dataset, FitClaim, FitConfig, FitResult, Motif, StartingModel, utcnow
+from motex_db.structures import get_starting_model, permutable_flags
+
+DEFAULT_LEASE_SECONDS = 300.0
+FIRST_BATCH = 256
+MAX_BATCH = 8192
+TARGET_BATCH_SECONDS = 1.0
+
+
+def worker_id() -> str:
+    """This process's name in claims: host, pid and a random token."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _local_process_gone(worker: str) -> bool:
+    host, _, rest = worker.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _insert(session: Session, table: sa.Table):
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def get_or_create_fit_config(engine: Engine, settings: FitSettings) -> FitConfig:
+    """The ``fit_config`` row of these (resolved) settings, created on first use."""
+    content_hash = settings.content_hash(ENGINE_VERSION)
+    with transaction(engine) as session:
+        row = {
+            "content_hash": content_hash,
+            "recipe": settings.recipe,
+            "calculator": settings.calculator,
+            "rmin": settings.rmin,
+            "rmax": settings.rmax,
+            "qmin": settings.qmin,
+            "qmax": settings.qmax,
+            "qdamp": settings.qdamp,
+            "qbroad": settings.qbroad,
+            "settings": settings.to_dict(),
+            "engine_version": ENGINE_VERSION,
+            "created_at": utcnow(),
+        }
+        session.execute(
+            _insert(session, FitConfig.__table__).values(**row).on_conflict_do_nothing(index_elements=["content_hash"])
+        )
+        return session.exec(select(FitConfig).where(FitConfig.content_hash == content_hash)).one()
+
+
+# ---------------------------------------------------------------- progress and summary
+
+
+@dataclass
+class FitProgress:
+    """Where a fit run stands; passed to ``on_progress`` after every batch."""
+
+    total: int  # motifs without a result when the run started
+    done: int = 0  # results this process wrote (ok + failed)
+    failed: int = 0
+    elapsed: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.done / self.elapsed if self.elapsed > 0 else 0.0
+
+
+@dataclass
+class FitSummary:
+    structure: str
+    dataset: str
+    fit_config_id: int
+    recipe: str
+    fitted: int
+    failed: int
+    seconds: float
+    already_done: int
+    best_rwp: Optional[float] = None
+    best_motif_id: Optional[int] = None
+    best_motif_size: Optional[int] = None
+    retried: int = 0
+    workers: int = 1
+    peak_memory_mb: Optional[float] = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.fitted / self.seconds if self.seconds > 0 else 0.0
+
+
+# ---------------------------------------------------------------- the work queue
+
+
+@dataclass(frozen=True)
+class FitJob:
+    """What to fit: a starting model's catalogue against one dataset with one configuration."""
+
+    starting_model_id: int
+    dataset_id: int
+    fit_config_id: int
+
+
+def _unfinished(job: FitJob):
+    """Motifs of the job's starting model without a result for its dataset and configuration."""
+    has_result = (
+        select(FitResult.id)
+        .where(FitResult.motif_id == Motif.id)
+        .where(FitResult.dataset_id == job.dataset_id)
+        .where(FitResult.fit_config_id == job.fit_config_id)
+        .exists()
+    )
+    return select(Motif.id).where(Motif.starting_model_id == job.starting_model_id).where(~has_result)
+
+
+def count_unfinished(engine: Engine, job: FitJob) -> int:
+    with Session(engine) as session:
+        return session.exec(select(sa.func.count()).select_from(_unfinished(job).subquery())).one()
+
+
+def release_stale_claims(session: Session, job: FitJob) -> int:
+    """Delete claims past their lease, and claims of processes on this host that are gone."""
+    now = utcnow()
+    where = (FitClaim.dataset_id == job.dataset_id) & (FitClaim.fit_config_id == job.fit_config_id)
+    expired = session.execute(sa.delete(FitClaim).where(where & (FitClaim.expires_at < now))).rowcount or 0
+    workers = session.exec(select(FitClaim.worker).where(where).distinct()).all()
+    gone = [w for w in workers if _local_process_gone(w)]
+    if gone:
+        expired += session.execute(sa.delete(FitClaim).where(where & FitClaim.worker.in_(gone))).rowcount or 0
+    return expired
+
+
+def claim_batch(engine: Engine, job: FitJob, worker: str, size: int, lease_seconds: float) -> list[tuple[int, str]]:
+    """Claim up to ``size`` unfinished, unclaimed motifs; returns their (id, mask), by id."""
+    with transaction(engine) as session:
+        release_stale_claims(session, job)
+        claimed = (
+            select(FitClaim.id)
+            .where(FitClaim.motif_id == Motif.id)
+            .where(FitClaim.dataset_id == job.dataset_id)
+            .where(FitClaim.fit_config_id == job.fit_config_id)
+            .exists()
+        )
+        query = _unfinished(job).where(~claimed).order_by(Motif.id).limit(size)
+        if not is_sqlite(engine):
+            query = query.with_for_update(of=Motif, skip_locked=True)
+        candidates = list(session.exec(query).all())
+        if not candidates:
+            return []
+        expires = utcnow() + timedelta(seconds=lease_seconds)
+        rows = [
+            {"motif_id": m, "dataset_id": job.dataset_id, "fit_config_id": job.fit_config_id, "worker": worker, "expires_at": expires}
+            for m in candidates
+        ]
+        statement = (
+            _insert(session, FitClaim.__table__)
+            .on_conflict_do_nothing(index_elements=["motif_id", "dataset_id", "fit_config_id"])
+            .returning(FitClaim.__table__.c.motif_id)
+        )
+        won = set(session.execute(statement, rows).scalars().all())
+        masks = dict(session.exec(select(Motif.id, Motif.mask).where(Motif.id.in_(won))).all())
+        return [(m, masks[m]) for m in candidates if m in won]
+
+
+def write_results(engine: Engine, job: FitJob, worker: str, motif_ids: list[int], batch) -> int:
+    """Store a fitted batch and drop its claims, in one transaction; returns the rows written."""
+    now = utcnow()
+    rows = []
+    for index, motif_id in enumerate(motif_ids):
+        ok = bool(batch.ok[index])
+        rows.append(
+            {
+                "motif_id": motif_id,
+                "dataset_id": job.dataset_id,
+                "fit_config_id": job.fit_config_id,
+                "status": "ok" if ok else "failed",
+                "rwp": float(batch.rwp[index]) if ok else None,
+                "params": batch.params[index] if ok else None,
+                "error": None if ok else (batch.errors[index] or "the fit failed"),
+                "seconds": float(batch.seconds[index]),
+                "created_at": now,
+            }
+        )
+    with transaction(engine) as session:
+        # a claim that expired may have been fitted by another worker meanwhile: keep theirs
+        statement = _insert(session, FitResult.__table__).on_conflict_do_nothing(
+            index_elements=["motif_id", "dataset_id", "fit_config_id"]
+        )
+        session.execute(statement, rows)
+        session.execute(
+            sa.delete(FitClaim)
+            .where(FitClaim.worker == worker)
+            .where(FitClaim.dataset_id == job.dataset_id)
+            .where(FitClaim.fit_config_id == job.fit_config_id)
+            .where(FitClaim.motif_id.in_(motif_ids))
+        )
+    return len(rows)
+
+
+def live_claims_of_others(engine: Engine, job: FitJob, worker: str) -> int:
+    with Session(engine) as session:
+        return session.exec(
+            select(sa.func.count())
+            .select_from(FitClaim)
+            .where(FitClaim.dataset_id == job.dataset_id)
+            .where(FitClaim.fit_config_id == job.fit_config_id)
+            .where(FitClaim.worker != worker)
+        ).one()
+
+
+# ---------------------------------------------------------------- running a job
+
+
+@dataclass
+class PreparedFit:
+    """Everything a worker needs: the job and a fitter built once for it."""
+
+    job: FitJob
+    settings: FitSettings
+    structure: str
+    dataset: str
+    model: StartingModel
+    data: Dataset
+
+    def fitter(self):
+        from motex_db.fitting.batched import MotifFitter
+
+        flags = permutable_flags(self.model.elements, self.model.permutable_elements)
+        membership = membership_matrix(self.model.positions, flags, self.model.bond_cutoff)
+        return MotifFitter(self.model.elements, self.model.positions, membership, self.data.r, self.data.g, self.settings)
+
+
+def prepare_fit(engine: Engine, structure: str, dataset: str, settings: FitSettings) -> PreparedFit:
+    """Look up the structure and dataset, resolve the settings against the data, get the config row."""
+    with Session(engine) as session:
+        model = get_starting_model(session, structure)
+        data = get_dataset(session, dataset)
+    settings = settings.resolved(data.meta or {})
+    if settings.rmax <= data.r_min or settings.rmin >= data.r_max:
+        raise InputError(
+            f"the fit range {settings.rmin:g}-{settings.rmax:g} Å lies outside dataset '{dataset}' "
+            f"(r {data.r_min:g}-{data.r_max:g} Å)."
+        )
+    with Session(engine) as session:
+        n_motifs = session.exec(
+            select(sa.func.count()).select_from(Motif).where(Motif.starting_model_id == model.id)
+        ).one()
+    if n_motifs == 0:
+        raise InputError(f"structure '{structure}' has no motifs yet: run motex-db sample first.")
+    config = get_or_create_fit_config(engine, settings)
+    return PreparedFit(FitJob(model.id, data.id, config.id), settings, structure, dataset, model, data)
+
+
+def delete_failed(engine: Engine, job: FitJob) -> int:
+    """Forget failed results so that they are fitted again (``--retry-failed``)."""
+    with transaction(engine) as session:
+        motifs = select(Motif.id).where(Motif.starting_model_id == job.starting_model_id)
+        return session.execute(
+            sa.delete(FitResult)
+            .where(FitResult.dataset_id == job.dataset_id)
+            .where(FitResult.fit_config_id == job.fit_config_id)
+            .where(FitResult.status == "failed")
+            .where(FitResult.motif_id.in_(motifs))
+        ).rowcount or 0
+
+
+def run_worker(
+    engine: Engine,
+    prepared: PreparedFit,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    on_batch: Callable[[int, int], None] = lambda done, failed: None,
+    batch_size: Optional[int] = None,
+    poll_seconds: float = 1.0,
+) -> tuple[int, int]:
+    """Claim, fit and store batches until no motif is left without a result; returns (done, failed).
+
+    When the only motifs left are claimed by other live workers, it waits for
+    them (their results, or their leases running out) instead of leaving work
+    behind a worker that may have died.
+    """
+    worker = worker_id()
+    fitter = prepared.fitter()
+    size = batch_size or FIRST_BATCH
+    done = failed = 0
+    while True:
+        claimed = claim_batch(engine, prepared.job, worker, size, lease_seconds)
+        if not claimed:
+            if count_unfinished(engine, prepared.job) == 0:
+                return done, failed
+            time.sleep(poll_seconds)
+            continue
+        ids = [m for m, _ in claimed]
+        masks = masks_from_text([mask for _, mask in claimed], prepared.model.n_permutable)
+        started = time.perf_counter()
+        batch = fitter.fit(masks)
+        spent = time.perf_counter() - started
+        write_results(engine, prepared.job, worker, ids, batch)
+        n_failed = int((~np.asarray(batch.ok)).sum())
+        done += len(ids)
+        failed += n_failed
+        on_batch(len(ids), n_failed)
+        if batch_size is None and spent > 0:
+            # aim at about a second of fitting per batch: few transactions, fresh progress
+            size = int(np.clip(len(ids) * TARGET_BATCH_SECONDS / spent, 16, MAX_BATCH))
+            size = min(size, max(16, int(lease_seconds / 10 * len(ids) / spent)))
+
+
+def best_fit(engine: Engine, job: FitJob) -> tuple[Optional[float], Optional[int], Optional[int]]:
+    """(Rwp, motif id, kept atoms) of the best 'ok' fit of the job so far."""
+    with Session(engine) as session:
+        row = session.exec(
+            select(FitResult.rwp, Motif.id, Motif.n_kept)
+            .join(Motif, Motif.id == FitResult.motif_id)
+            .where(Motif.starting_model_id == job.starting_model_id)
+            .where(FitResult.dataset_id == job.dataset_id)
+            .where(FitResult.fit_config_id == job.fit_config_id)
+            .where(FitResult.status == "ok")
+            .order_by(FitResult.rwp, Motif.id)
+            .limit(1)
+        ).first()
+    return tuple(row) if row else (None, None, None)
+
+
+def _worker_process(url: str, structure: str, dataset: str, settings: FitSettings, lease_seconds: float, queue) -> None:
+    """A local worker process of ``fit --workers W``: one BLAS thread, its own engine."""
+    from threadpoolctl import threadpool_limits
+
+    from motex_db.db import open_engine
+
+    engine = open_engine(url)
+    prepared = prepare_fit(engine, structure, dataset, settings)
+    with threadpool_limits(1):
+        run_worker(engine, prepared, lease_seconds, on_batch=lambda d, f: queue.put((d, f)))
+    engine.dispose()
+
+
+def fit_catalogue(
+    engine: Engine,
+    structure: str,
+    dataset: str,
+    settings: FitSettings,
+    workers: int = 1,
+    retry_failed: bool = False,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    on_progress: Callable[[FitProgress], None] = lambda progress: None,
+    batch_size: Optional[int] = None,
+) -> FitSummary:
+    """Fit every motif of ``structure`` that has no result for (``dataset``, settings).
+
+    ``workers`` > 1 runs that many local processes; more processes anywhere may
+    join by running the same command against the same database.
+    """
+    if workers < 1:
+        raise InputError(f"--workers must be at least 1, not {workers}.")
+    if lease_seconds <= 0:
+        raise InputError(f"the lease must be positive, not {lease_seconds} s.")
+    prepared = prepare_fit(engine, structure, dataset, settings)
+    retried = delete_failed(engine, prepared.job) if retry_failed else 0
+    total = count_unfinished(engine, prepared.job)
+    summary = FitSummary(
+        structure, dataset, prepared.job.fit_config_id, prepared.settings.recipe, 0, 0, 0.0,
+        already_done=0, retried=retried, workers=workers,
+    )
+    with Session(engine) as session:
+        n_motifs = session.exec(
+            select(sa.func.count()).select_from(Motif).where(Motif.starting_model_id == prepared.job.starting_model_id)
+        ).one()
+    summary.already_done = n_motifs - total
+    progress = FitProgress(total=total)
+    started = time.perf_counter()
+
+    def advance(done: int, failed: int) -> None:
+        progress.done += done
+        progress.failed += failed
+        progress.elapsed = time.perf_counter() - started
+        on_progress(progress)
+
+    if total > 0:
+        if workers == 1:
+            run_worker(engine, prepared, lease_seconds, on_batch=advance, batch_size=batch_size)
+        else:
+            _run_local_workers(engine, prepared, workers, lease_seconds, advance)
+    summary.seconds = time.perf_counter() - started
+    summary.fitted, summary.failed = progress.done, progress.failed
+    summary.best_rwp, summary.best_motif_id, summary.best_motif_size = best_fit(engine, prepared.job)
+    return summary
+
+
+def _run_local_workers(engine: Engine, prepared: PreparedFit, workers: int, lease_seconds: float, advance) -> None:
+    import multiprocessing as mp
+    import queue as queue_module
+
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    url = engine.url.render_as_string(hide_password=False)
+    processes = [
+        context.Process(
+            target=_worker_process,
+            args=(url, prepared.structure, prepared.dataset, prepared.settings, lease_seconds, queue),
+            daemon=True,
+        )
+        for _ in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        while any(p.is_alive() for p in processes) or not queue.empty():
+            try:
+                advance(*queue.get(timeout=0.2))
+            except queue_module.Empty:
+                pass
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+            process.join()
+    failures = [p.exitcode for p in processes if p.exitcode != 0]
+    if failures:
+        raise RuntimeError(f"{len(failures)} of {workers} fit worker processes failed (exit codes {failures}).")
