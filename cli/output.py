@@ -137,3 +137,42 @@ def print_fit_summary(summary) -> None:
         console.print(
             f"best Rwp {summary.best_rwp:.4f}: motif {summary.best_motif_id} with {summary.best_motif_size} kept atoms."
         )
+
+
+@contextmanager
+def trial_progress(total: int):
+    """A progress bar over hyper-parameter trials; yields the ``on_trial`` callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn("search"), BarColumn(), MofNCompleteColumn(), TextColumn("best CV MAE {task.fields[best]:.4f}"),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=error_console,
+    )
+    task = progress.add_task("search", total=total, best=float("nan"))
+    best = [float("inf")]
+
+    def update(index: int, params: dict, cv_mae: float) -> None:
+        best[0] = min(best[0], cv_mae)
+        progress.update(task, completed=index + 1, best=best[0])
+
+    with progress:
+        yield update
+
+
+def print_train_outcome(outcome) -> None:
+    metrics = outcome.metrics
+    where = f"'{outcome.structure}' / '{outcome.dataset}' (fit config {outcome.fit_config_id}, {outcome.n_motifs} motifs)"
+    if outcome.created:
+        console.print(f"trained model {outcome.trained_model_id} on {where} in {outcome.seconds:.1f} s.")
+    else:
+        console.print(f"the fits have not changed since model {outcome.trained_model_id} on {where}: reusing it.")
+    console.print(
+        f"test set: MAE {metrics['mae']:.4f}, RMSE {metrics['rmse']:.4f}, R² {metrics['r2']:.3f} (Rwp units); "
+        f"best CV MAE {metrics.get('best_cv_mae', float('nan')):.4f}"
+    )
+    hyper = outcome.hyperparameters
+    shown = ", ".join(f"{k}={hyper[k]:.3g}" if isinstance(hyper[k], float) else f"{k}={hyper[k]}"
+                      for k in ("learning_rate", "max_depth", "n_estimators", "min_child_weight", "subsample") if k in hyper)
+    console.print(f"hyper-parameters: {shown}")
+    if outcome.mlflow_run_id:
+        console.print(f"MLflow run {outcome.mlflow_run_id}; open the UI with:\n  {outcome.ui_command}")

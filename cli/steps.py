@@ -202,3 +202,26 @@ def refine(
     console.print(f"Rwp = {result.rwp:.5f}")
     for kind, path in files.items():
         console.print(f"{kind}: {path}")
+
+
+MLFLOW_HELP = "MLflow tracking URI (else $MOTEX_MLFLOW_URI, else an SQLite store beside the record)."
+
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    structure: str = typer.Option(..., "--structure", help="Starting model whose fits are learnt."),
+    data: str = typer.Option(..., "--data", help="Dataset the motifs were fitted to."),
+    fit_config: Optional[int] = typer.Option(None, "--fit-config", help="Fit config id (default: the one with the most fits)."),
+    n_iter: int = typer.Option(50, "--n-iter", help="Bayesian iterations after the 4 random starts."),
+    cv: int = typer.Option(3, "--cv", help="Folds of the cross-validation that scores each trial."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split, the search and the model."),
+    mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help=MLFLOW_HELP),
+) -> None:
+    """Step 3: learn Rwp from atom presence (XGBoost, Bayesian hyper-parameter search), tracked in MLflow."""
+    from motex_db.learning import N_INITIAL, train_model
+
+    engine = engine_of(ctx)
+    with output.trial_progress(N_INITIAL + n_iter) as on_trial:
+        outcome = train_model(engine, structure, data, fit_config, n_iter, cv, seed, mlflow_uri, on_trial)
+    output.print_train_outcome(outcome)

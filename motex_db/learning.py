@@ -546,3 +546,223 @@ def _check_xy(X, y, min_rows: int = 2) -> tuple[np.ndarray, np.ndarray]:
     if not (np.all(np.isfinite(X)) and np.all(np.isfinite(y))):
         raise InputError("Features and Rwp values must all be finite.")
     return X, y
+
+
+# --------------------------------------------------------------------------
+# Step 3 in the record: `motex-db train`
+
+LEARNING_VERSION = "motex-learning 1"  # bump when the same inputs would give another model
+
+
+@dataclass
+class TrainOutcome:
+    """What ``train`` did: the stored row (new or reused) and, when trained now, the result."""
+
+    trained_model_id: int
+    created: bool
+    structure: str
+    dataset: str
+    fit_config_id: int
+    n_motifs: int
+    metrics: dict
+    hyperparameters: dict
+    mlflow_run_id: Optional[str]
+    ui_command: Optional[str]
+    result: Optional[SurrogateResult] = None
+    seconds: float = 0.0
+
+
+def choose_fit_config(session, model_id: int, dataset_id: int, fit_config_id: Optional[int]) -> int:
+    """The fit configuration to learn from: the one given, else the one with the most 'ok' fits."""
+    import sqlalchemy as sa
+    from sqlmodel import select
+
+    from motex_db.models import FitConfig, FitResult, Motif
+
+    counts = session.exec(
+        select(FitResult.fit_config_id, sa.func.count())
+        .join(Motif, Motif.id == FitResult.motif_id)
+        .where(Motif.starting_model_id == model_id)
+        .where(FitResult.dataset_id == dataset_id)
+        .where(FitResult.status == "ok")
+        .group_by(FitResult.fit_config_id)
+    ).all()
+    if fit_config_id is not None:
+        if session.get(FitConfig, fit_config_id) is None:
+            raise InputError(f"there is no fit config with id {fit_config_id}.")
+        return fit_config_id
+    if not counts:
+        raise InputError("no successful fits for this structure and dataset yet: run motex-db fit first.")
+    return max(counts, key=lambda row: (row[1], row[0]))[0]
+
+
+def load_fits(session, model_id: int, dataset_id: int, fit_config_id: int) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(motif ids, masks, Rwp) of the successful fits, ordered by motif id."""
+    from sqlmodel import select
+
+    from motex_db.models import FitResult, Motif
+
+    rows = session.exec(
+        select(Motif.id, Motif.mask, FitResult.rwp)
+        .join(FitResult, FitResult.motif_id == Motif.id)
+        .where(Motif.starting_model_id == model_id)
+        .where(FitResult.dataset_id == dataset_id)
+        .where(FitResult.fit_config_id == fit_config_id)
+        .where(FitResult.status == "ok")
+        .order_by(Motif.id)
+    ).all()
+    ids = np.array([r[0] for r in rows], dtype=np.int64)
+    return ids, [r[1] for r in rows], np.array([r[2] for r in rows], dtype=np.float64)
+
+
+def _inputs_hash(model_id, dataset_id, fit_config_id, ids, rwp, seed, n_iter, cv) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    digest.update(repr((LEARNING_VERSION, model_id, dataset_id, fit_config_id, seed, n_iter, cv)).encode())
+    digest.update(np.ascontiguousarray(ids).tobytes())
+    digest.update(np.ascontiguousarray(rwp).tobytes())
+    return digest.hexdigest()
+
+
+def train_model(
+    engine,
+    structure: str,
+    dataset: str,
+    fit_config_id: Optional[int] = None,
+    n_iter: int = N_ITER,
+    cv: int = CV_FOLDS,
+    seed: int = 0,
+    mlflow_uri: Optional[str] = None,
+    on_trial: Optional[Callable[[int, dict, float], None]] = None,
+) -> TrainOutcome:
+    """Train the surrogate on every successful fit of (structure, dataset, fit config), store and track it.
+
+    The same inputs and seed give the same model: training again on unchanged
+    fits reuses the stored row. The MLflow run holds every search trial as a
+    nested child run, the final parameters and test metrics, the model
+    (``mlflow.xgboost``) and the loss curve.
+    """
+    import time
+
+    from sqlmodel import Session, select
+
+    from motex_db.catalogue import masks_from_text
+    from motex_db.datasets import get_dataset
+    from motex_db.db import transaction
+    from motex_db.models import TrainedModel
+    from motex_db.structures import get_starting_model
+    from motex_db.tracking import open_tracker, tracking_location
+
+    if n_iter < 0 or cv < 2:
+        raise InputError(f"--n-iter must be >= 0 and --cv >= 2 (got {n_iter} and {cv}).")
+    with Session(engine) as session:
+        model = get_starting_model(session, structure)
+        data = get_dataset(session, dataset)
+        config_id = choose_fit_config(session, model.id, data.id, fit_config_id)
+        ids, mask_texts, rwp = load_fits(session, model.id, data.id, config_id)
+        inputs = _inputs_hash(model.id, data.id, config_id, ids, rwp, seed, n_iter, cv)
+        existing = session.exec(select(TrainedModel).where(TrainedModel.inputs_hash == inputs)).first()
+    url = engine.url.render_as_string(hide_password=False)
+    location = tracking_location(url, mlflow_uri)
+    if existing is not None:
+        return TrainOutcome(
+            existing.id, False, structure, dataset, config_id, existing.n_motifs, existing.metrics,
+            existing.hyperparameters, existing.mlflow_run_id, location.ui_command,
+        )
+    started = time.perf_counter()
+    masks = masks_from_text(mask_texts, model.n_permutable)
+    result = train_surrogate(masks, rwp, seed=seed, n_iter=n_iter, cv=cv, on_trial=on_trial)
+    seconds = time.perf_counter() - started
+    tracker = open_tracker(url, mlflow_uri)
+    run_id = _log_training(tracker, result, structure, dataset, config_id, n_iter, cv)
+    with transaction(engine) as session:
+        row = TrainedModel(
+            starting_model_id=model.id, dataset_id=data.id, fit_config_id=config_id, inputs_hash=inputs,
+            n_motifs=result.n_motifs, seed=seed, hyperparameters=result.hyperparameters,
+            metrics={**result.metrics, "best_cv_mae": result.best_cv_mae, "best_iteration": result.best_iteration},
+            model=result.model_json, mlflow_run_id=run_id, motif_ids=ids, n_iter=n_iter, cv=cv,
+        )
+        session.add(row)
+        session.flush()
+        row_id = row.id
+    return TrainOutcome(
+        row_id, True, structure, dataset, config_id, result.n_motifs, row.metrics, result.hyperparameters,
+        run_id, tracker.location.ui_command, result, seconds,
+    )
+
+
+def run_tags(structure: str, dataset: str, fit_config_id: int, n_motifs: int, kind: str) -> dict[str, str]:
+    """The tags every motex-db MLflow run carries, so runs compare side by side."""
+    from motex_db import __version__
+
+    return {
+        "structure": structure, "dataset": dataset, "fit_config": str(fit_config_id),
+        "n_motifs": str(n_motifs), "motex_db.kind": kind, "motex_db.version": __version__,
+    }
+
+
+def _log_training(tracker, result: SurrogateResult, structure, dataset, fit_config_id, n_iter, cv) -> str:
+    """Log a finished training to MLflow (one parent run, a child run per trial); returns the run id."""
+    import json
+    import tempfile
+    import time
+    from pathlib import Path
+
+    import mlflow
+    import mlflow.xgboost
+    from mlflow.entities import Metric, Param
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    client = tracker.client
+    tags = run_tags(structure, dataset, fit_config_id, result.n_motifs, "train")
+    now = int(time.time() * 1000)
+    with tracker.logging():
+        parent = client.create_run(tracker.experiment_id, run_name=f"train {structure} / {dataset}", tags=tags)
+        run_id = parent.info.run_id
+        params = {**{f"xgb_{k}": v for k, v in result.hyperparameters.items()}, "seed": result.seed, "n_iter": n_iter, "cv": cv}
+        metrics = {**{f"test_{k}": v for k, v in result.metrics.items()}, "best_cv_mae": result.best_cv_mae,
+                   "best_iteration": result.best_iteration}
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if np.isfinite(v)],
+            params=[Param(k, str(v)) for k, v in params.items()],
+        )
+        for trial in result.trials:
+            child = client.create_run(
+                tracker.experiment_id, run_name=f"trial {trial.index}", tags={**tags, MLFLOW_PARENT_RUN_ID: run_id, "motex_db.kind": "trial"},
+            )
+            client.log_batch(
+                child.info.run_id,
+                metrics=[Metric("cv_mae", float(trial.cv_mae), now, 0)],
+                params=[Param(k, str(v)) for k, v in trial.params.items()],
+            )
+            client.set_terminated(child.info.run_id)
+        curve = [
+            Metric(f"{part}_{name}", float(value), now, step)
+            for part, series in result.learning_curve.items()
+            for name, values in series.items()
+            for step, value in enumerate(values)
+        ]
+        for start in range(0, len(curve), 900):
+            client.log_batch(run_id, metrics=curve[start : start + 900])
+        with tempfile.TemporaryDirectory() as folder:
+            folder = Path(folder)
+            (folder / "learning_curve.json").write_text(json.dumps(result.learning_curve))
+            (folder / "trials.json").write_text(json.dumps([
+                {"index": t.index, "params": t.params, "cv_mae": t.cv_mae} for t in result.trials
+            ]))
+            (folder / "test_predictions.json").write_text(json.dumps({
+                "y_test": result.y_test.tolist(), "y_pred": result.y_pred_test.tolist(),
+            }))
+            for name in ("learning_curve.json", "trials.json", "test_predictions.json"):
+                client.log_artifact(run_id, str(folder / name), artifact_path="training")
+        mlflow.set_tracking_uri(tracker.uri)
+        import xgboost
+
+        with mlflow.start_run(run_id=run_id):
+            mlflow.xgboost.log_model(
+                result.model, name="model", pip_requirements=[f"xgboost=={xgboost.__version__}"],
+            )
+        client.set_terminated(run_id)
+    return run_id

@@ -181,6 +181,8 @@ class FitResult(SQLModel, table=True):
 class TrainedModel(SQLModel, table=True):
     """A surrogate model of Rwp from atom presence (step 3)."""
 
+    model_config = {"arbitrary_types_allowed": True}
+
     __tablename__ = "trained_model"
 
     id: Optional[int] = Field(default=None, primary_key=True)
@@ -195,6 +197,10 @@ class TrainedModel(SQLModel, table=True):
     overall_confidence: Optional[float] = None
     model: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
     mlflow_run_id: Optional[str] = None
+    # the fitted motifs it learnt from, in the order they were split (by motif id)
+    motif_ids: Optional[np.ndarray] = _array_column(nullable=True)
+    n_iter: Optional[int] = None
+    cv: Optional[int] = None
     created_at: datetime = _created_at()
 
 
