@@ -176,3 +176,27 @@ def print_train_outcome(outcome) -> None:
     console.print(f"hyper-parameters: {shown}")
     if outcome.mlflow_run_id:
         console.print(f"MLflow run {outcome.mlflow_run_id}; open the UI with:\n  {outcome.ui_command}")
+
+
+def print_explain_outcome(outcome, files) -> None:
+    table = outcome.contributions.sort_values("contribution")
+    verb = "explained" if outcome.created else "contributions already stored for"
+    console.print(f"{verb} trained model {outcome.trained_model_id} ('{outcome.structure}' / '{outcome.dataset}', fit config {outcome.fit_config_id}):")
+    print_rows(
+        ["rank", "atom", "element", "contribution", "uncertainty", "confidence"],
+        [(rank, r.atom_index, r.element, r.contribution, r.uncertainty, r.confidence)
+         for rank, r in enumerate(table.itertuples(), start=1)],
+    )
+    console.print(f"overall confidence {outcome.overall_confidence:.3g} (mean |contribution| / uncertainty over atoms)")
+    kept = [i + 1 for i, c in enumerate(outcome.extracted_mask) if c == "1"]
+    if kept:
+        rwp = f"Rwp {outcome.extracted_rwp:.4f}" if outcome.extracted_rwp is not None else f"fit {outcome.extracted_status}"
+        console.print(
+            f"extracted motif {outcome.extracted_motif_id}: {len(kept)} atoms with negative contribution "
+            f"({', '.join(map(str, kept))}); {rwp}"
+            + (f"; best sampled motif {outcome.best_motif_id}: Rwp {outcome.best_rwp:.4f}" if outcome.best_rwp is not None else "")
+        )
+    else:
+        console.print("no atom has a negative contribution: nothing to extract.")
+    for kind, path in (files or {}).items():
+        console.print(f"{kind}: {path}")

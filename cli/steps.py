@@ -225,3 +225,27 @@ def train(
     with output.trial_progress(N_INITIAL + n_iter) as on_trial:
         outcome = train_model(engine, structure, data, fit_config, n_iter, cv, seed, mlflow_uri, on_trial)
     output.print_train_outcome(outcome)
+
+
+@app.command()
+def explain(
+    ctx: typer.Context,
+    structure: str = typer.Option(..., "--structure", help="Starting model."),
+    data: str = typer.Option(..., "--data", help="Dataset."),
+    model: Optional[int] = typer.Option(None, "--model", help="Trained model id (default: the latest for this structure and dataset)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the contributions table, coloured structure, SHAP plot and extracted motif."),
+    min_confidence: Optional[float] = typer.Option(None, "--min-confidence", help="Extract only atoms at least this confident."),
+    mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help=MLFLOW_HELP),
+) -> None:
+    """Step 4: each atom's contribution to the fit quality (SHAP), and the extracted motif, fitted."""
+    import tempfile
+
+    from motex_db.explain import explain_model, log_explanation
+    from motex_db.reports.explanation import write_explanation_files
+
+    engine = engine_of(ctx)
+    outcome = explain_model(engine, structure, data, model, min_confidence)
+    with tempfile.TemporaryDirectory() as scratch:
+        files = write_explanation_files(outcome, out or Path(scratch))
+        log_explanation(engine.url.render_as_string(hide_password=False), outcome, files, mlflow_uri)
+    output.print_explain_outcome(outcome, files if out else None)

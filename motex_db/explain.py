@@ -6,7 +6,8 @@ share over the motifs that keep it with its share over the motifs that remove
 it says whether keeping it lowers Rwp (a negative contribution: the atom
 belongs to the motif) or raises it (science.md section 5).
 
-Pure functions on arrays; nothing here prints or touches a database.
+The numerics are pure functions on arrays; :func:`explain_model` at the end
+runs step 4 on a trained model of the record and stores the contributions.
 
 References: Anker et al., npj Comput. Mater. 8, 213 (2022) (ML-MotEx);
 Lundberg et al., Nat. Mach. Intell. 2, 56 (2020) (TreeSHAP).
@@ -174,3 +175,171 @@ def extracted_motif_mask(contributions: AtomContributions, min_confidence: Optio
             raise InputError(f"The minimum confidence must be a number >= 0, not {min_confidence}.")
         mask &= np.asarray(contributions.confidence) >= min_confidence
     return mask
+
+
+# --------------------------------------------------------------------------
+# Step 4 in the record: `motex-db explain`
+
+
+@dataclass
+class ExplainOutcome:
+    """What ``explain`` did and found."""
+
+    trained_model_id: int
+    created: bool  # False: the contributions were already stored
+    structure: str
+    dataset: str
+    fit_config_id: int
+    elements: list  # of the permutable atoms, 1..N
+    contributions: "pd.DataFrame"  # atom_index, element, contribution, uncertainty, confidence (by atom index)
+    overall_confidence: float
+    extracted_mask: str
+    extracted_motif_id: Optional[int]
+    extracted_rwp: Optional[float]
+    extracted_status: Optional[str]
+    best_motif_id: Optional[int]
+    best_rwp: Optional[float]
+    mlflow_run_id: Optional[str]
+    shap: Optional[np.ndarray] = None  # (n_train, N+1): SHAP values of the training motifs
+    features: Optional[np.ndarray] = None  # their features (n_kept, then one 0/1 per atom)
+    extracted_elements: Optional[list] = None
+    extracted_positions: Optional[np.ndarray] = None
+    starting_elements: Optional[list] = None  # every atom of the starting model
+    starting_positions: Optional[np.ndarray] = None
+    permutable: Optional[np.ndarray] = None  # (n_atoms,) bool
+
+
+def _latest_model(session, model_id: int, dataset_id: int, trained_model_id: Optional[int]):
+    from sqlmodel import select
+
+    from motex_db.models import TrainedModel
+
+    if trained_model_id is not None:
+        row = session.get(TrainedModel, trained_model_id)
+        if row is None or row.starting_model_id != model_id or row.dataset_id != dataset_id:
+            raise InputError(f"there is no trained model {trained_model_id} for this structure and dataset.")
+        return row
+    row = session.exec(
+        select(TrainedModel)
+        .where(TrainedModel.starting_model_id == model_id)
+        .where(TrainedModel.dataset_id == dataset_id)
+        .order_by(TrainedModel.id.desc())
+    ).first()
+    if row is None:
+        raise InputError("no trained model for this structure and dataset yet: run motex-db train first.")
+    return row
+
+
+def explain_model(
+    engine,
+    structure: str,
+    dataset: str,
+    trained_model_id: Optional[int] = None,
+    min_confidence: Optional[float] = None,
+) -> ExplainOutcome:
+    """SHAP contributions of a trained model's training motifs, stored as ``atom_contribution`` rows.
+
+    The extracted motif (atoms with negative contribution, and confidence at
+    least ``min_confidence`` when given, plus their bonded atoms) is added to
+    the catalogue and fitted with the model's fit configuration.
+    """
+    import pandas as pd
+    from sqlmodel import Session, select
+
+    from motex_db.catalogue import _insert_motifs, mask_to_text, masks_from_text
+    from motex_db.datasets import get_dataset
+    from motex_db.db import transaction
+    from motex_db.fitting.settings import FitSettings
+    from motex_db.fitting.refine import motif_atoms
+    from motex_db.fitting.work import best_fit, fit_motifs_now, prepare_fit
+    from motex_db.learning import features, model_from_json, split
+    from motex_db.models import AtomContribution, FitConfig, FitResult, Motif, TrainedModel
+    from motex_db.structures import get_starting_model, permutable_flags
+
+    with Session(engine) as session:
+        model = get_starting_model(session, structure)
+        data = get_dataset(session, dataset)
+        trained = _latest_model(session, model.id, data.id, trained_model_id)
+        stored = session.exec(
+            select(AtomContribution).where(AtomContribution.trained_model_id == trained.id).order_by(AtomContribution.atom_index)
+        ).all()
+        config = session.get(FitConfig, trained.fit_config_id)
+        masks_by_id = dict(session.exec(select(Motif.id, Motif.mask).where(Motif.id.in_(trained.motif_ids.tolist()))).all())
+    flags = permutable_flags(model.elements, model.permutable_elements)
+    perm_elements = [e for e, f in zip(model.elements, flags) if f]
+    masks = masks_from_text([masks_by_id[int(m)] for m in trained.motif_ids], model.n_permutable)
+    train_idx, _ = split(len(masks), trained.seed)
+    X_train = features(masks)[train_idx]
+    shap_matrix = shap_values(model_from_json(trained.model), X_train)
+    found = atom_contributions(shap_matrix, X_train)
+    frame = pd.DataFrame({
+        "atom_index": found.atom_index, "element": perm_elements, "contribution": found.contribution,
+        "uncertainty": found.uncertainty, "confidence": found.confidence,
+    })
+    overall = float(found.overall_confidence)
+    if not stored:
+        with transaction(engine) as session:
+            session.add_all([
+                AtomContribution(trained_model_id=trained.id, atom_index=int(r.atom_index), element=r.element,
+                                 contribution=float(r.contribution), uncertainty=float(r.uncertainty),
+                                 confidence=float(r.confidence))
+                for r in frame.itertuples()
+            ])
+            row = session.get(TrainedModel, trained.id)
+            row.overall_confidence = overall
+            session.add(row)
+
+    keep = extracted_motif_mask(found, min_confidence)
+    extracted = mask_to_text(keep)
+    extracted_elements, extracted_positions = motif_atoms(model, extracted)
+    extracted_id = extracted_rwp = extracted_status = None
+    prepared = prepare_fit(engine, structure, dataset, FitSettings.from_dict(config.settings))
+    if keep.any():
+        with transaction(engine) as session:
+            row = session.get(type(model), model.id)
+            _insert_motifs(session, row, [extracted], f"extracted from trained model {trained.id}")
+            extracted_id = session.exec(
+                select(Motif.id).where(Motif.starting_model_id == model.id).where(Motif.mask == extracted)
+            ).one()
+        with Session(engine) as session:
+            result = session.exec(
+                select(FitResult).where(FitResult.motif_id == extracted_id)
+                .where(FitResult.dataset_id == data.id).where(FitResult.fit_config_id == config.id)
+            ).first()
+        if result is None:
+            fit_motifs_now(engine, prepared, [extracted_id])
+            with Session(engine) as session:
+                result = session.exec(
+                    select(FitResult).where(FitResult.motif_id == extracted_id)
+                    .where(FitResult.dataset_id == data.id).where(FitResult.fit_config_id == config.id)
+                ).one()
+        extracted_rwp, extracted_status = result.rwp, result.status
+    best_rwp, best_id, _ = best_fit(engine, prepared.job)
+    return ExplainOutcome(
+        trained_model_id=trained.id, created=not stored, structure=structure, dataset=dataset,
+        fit_config_id=config.id, elements=perm_elements, contributions=frame, overall_confidence=overall,
+        extracted_mask=extracted, extracted_motif_id=extracted_id, extracted_rwp=extracted_rwp,
+        extracted_status=extracted_status, best_motif_id=best_id, best_rwp=best_rwp,
+        mlflow_run_id=trained.mlflow_run_id, shap=shap_matrix, features=X_train,
+        starting_elements=list(model.elements), starting_positions=model.positions, permutable=flags,
+        extracted_elements=extracted_elements, extracted_positions=extracted_positions,
+    )
+
+
+def log_explanation(record_url: str, outcome: ExplainOutcome, files: dict, mlflow_uri: Optional[str] = None) -> None:
+    """Attach the explanation's files and overall confidence to the trained model's MLflow run."""
+    import time
+
+    from mlflow.entities import Metric
+
+    from motex_db.tracking import open_tracker
+
+    if not outcome.mlflow_run_id:
+        return
+    tracker = open_tracker(record_url, mlflow_uri)
+    with tracker.logging():
+        tracker.client.log_batch(
+            outcome.mlflow_run_id, metrics=[Metric("overall_confidence", outcome.overall_confidence, int(time.time() * 1000), 0)]
+        )
+        for path in files.values():
+            tracker.client.log_artifact(outcome.mlflow_run_id, str(path), artifact_path="explain")

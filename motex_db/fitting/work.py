@@ -467,3 +467,12 @@ def _run_local_workers(engine: Engine, prepared: PreparedFit, workers: int, leas
     failures = [p.exitcode for p in processes if p.exitcode != 0]
     if failures:
         raise RuntimeError(f"{len(failures)} of {workers} fit worker processes failed (exit codes {failures}).")
+
+
+def fit_motifs_now(engine: Engine, prepared: PreparedFit, motif_ids: list[int]) -> "FitBatch":
+    """Fit the given motifs at once (no claims: for a handful, such as an extracted motif); stores and returns the batch."""
+    with Session(engine) as session:
+        masks = dict(session.exec(select(Motif.id, Motif.mask).where(Motif.id.in_(motif_ids))).all())
+    batch = prepared.fitter().fit(masks_from_text([masks[m] for m in motif_ids], prepared.model.n_permutable))
+    write_results(engine, prepared.job, worker_id(), list(motif_ids), batch)
+    return batch

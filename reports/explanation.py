@@ -1,0 +1,62 @@
+"""Files of one explanation: contributions table, coloured starting model, SHAP summary, extracted motif."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def clipped_colour_values(values: np.ndarray, low: float = 10, high: float = 90) -> np.ndarray:
+    """Values clipped to their 10th-90th percentile range, so a few outliers do not wash out the colours."""
+    lo, hi = np.percentile(values, [low, high])
+    return np.clip(values, lo, hi)
+
+
+def write_explanation_files(outcome, out_dir: str | Path) -> dict[str, Path]:
+    """Write contributions.csv, the starting model as extended XYZ with each atom's contribution,
+    the extracted motif as XYZ, and a SHAP summary plot (PNG)."""
+    import ase
+    import ase.io
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import shap
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{outcome.structure}_{outcome.dataset}_model{outcome.trained_model_id}"
+    files: dict[str, Path] = {}
+
+    table = outcome.contributions.sort_values("contribution")
+    files["contributions"] = out_dir / f"{stem}_contributions.csv"
+    table.to_csv(files["contributions"], index=False)
+
+    atoms = ase.Atoms(outcome.starting_elements, outcome.starting_positions)
+    contribution = np.zeros(len(atoms))
+    perm_index = np.zeros(len(atoms), dtype=int)
+    perm_positions = np.flatnonzero(outcome.permutable)
+    contribution[perm_positions] = outcome.contributions.sort_values("atom_index")["contribution"].to_numpy()
+    perm_index[perm_positions] = np.arange(1, len(perm_positions) + 1)
+    atoms.new_array("contribution", contribution)
+    atoms.new_array("contribution_clipped", np.zeros(len(atoms)))
+    atoms.arrays["contribution_clipped"][perm_positions] = clipped_colour_values(contribution[perm_positions])
+    atoms.new_array("permutable_index", perm_index)
+    files["coloured_structure"] = out_dir / f"{stem}_contributions.extxyz"
+    ase.io.write(str(files["coloured_structure"]), atoms, format="extxyz")
+
+    if outcome.extracted_elements:
+        files["extracted_motif"] = out_dir / f"{stem}_extracted_motif.xyz"
+        ase.io.write(str(files["extracted_motif"]), ase.Atoms(outcome.extracted_elements, outcome.extracted_positions), format="xyz")
+
+    if outcome.shap is not None:
+        names = ["n_kept"] + [f"{el}{i}" for i, el in enumerate(outcome.elements, start=1)]
+        shap.summary_plot(outcome.shap, outcome.features, feature_names=names, show=False,
+                          max_display=min(30, len(names)), plot_size=(8, 0.3 * min(30, len(names)) + 1.5))
+        figure = plt.gcf()
+        figure.suptitle(f"SHAP values of the surrogate: {outcome.structure} / {outcome.dataset}", fontsize=10)
+        files["shap_summary"] = out_dir / f"{stem}_shap_summary.png"
+        figure.savefig(files["shap_summary"], dpi=110, bbox_inches="tight")
+        plt.close(figure)
+    return files
