@@ -77,6 +77,11 @@ def test_demo_builds_its_record_and_runs_again_without_duplicating(motex_process
     content = snapshot(url)
     assert len(content["starting_model"]) == 1 and len(content["dataset"]) == 1
     assert "c60-in-carbon" in first.stdout and "130 carbon atoms" in first.stdout
+    # the whole pipeline ran, and found the buckyball
+    assert len(content["motif"]) == 3001 and len(content["trained_model"]) == 1
+    assert "60 of them in the buckyball" in first.stdout
     second = motex_process("demo", "--dir", "demo")
     assert second.exit_code == 0
-    assert len(snapshot(url)["starting_model"]) == 1
+    again = snapshot(url)
+    for table in ("starting_model", "dataset", "motif", "fit_result", "trained_model", "atom_contribution"):
+        assert len(again[table]) == len(content[table]), table

@@ -1,0 +1,114 @@
+"""`motex-db train`, `explain` and `refine` end to end on the generated C60 example."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from motex_db.examples import C60_ATOM_COUNT
+from motex_db.tracking import open_tracker
+from support import snapshot
+
+
+def query(url: str, sql: str) -> list[tuple]:
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        rows = connection.exec_driver_sql(sql).fetchall()
+    engine.dispose()
+    return [tuple(r) for r in rows]
+
+
+@pytest.fixture(scope="module")
+def c60(tmp_path_factory):
+    """The demo's record with 1500 motifs fitted (built once for this module)."""
+    from motex_db.catalogue import sample_motifs
+    from motex_db.db import open_engine
+    from motex_db.demo import DATASET_NAME, STRUCTURE_NAME, run_demo
+    from motex_db.fitting.settings import FitSettings
+    from motex_db.fitting.work import fit_catalogue
+
+    folder = tmp_path_factory.mktemp("c60")
+    url = run_demo(folder / "demo", url=f"sqlite:///{folder / 'demo' / 'motex.db'}", through="data")
+    engine = open_engine(url)
+    sample_motifs(engine, STRUCTURE_NAME, 1500, seed=3)
+    fit_catalogue(engine, STRUCTURE_NAME, DATASET_NAME, FitSettings())
+    engine.dispose()
+    return url
+
+
+def test_train_stores_a_model_and_tracks_it_in_mlflow(motex, c60):
+    result = motex("train", "--structure", "c60-in-carbon", "--data", "c60-simulated", "--n-iter", "2", "--cv", "2", db=c60)
+    assert result.exit_code == 0, result.output
+    assert "trained model" in result.stdout and "mlflow ui --backend-store-uri sqlite:///" in result.stdout
+    (model_id, n_motifs, metrics, run_id), = query(c60, "SELECT id, n_motifs, metrics, mlflow_run_id FROM trained_model")
+    metrics = json.loads(metrics) if isinstance(metrics, str) else metrics
+    assert n_motifs > 1400 and {"mae", "rmse", "r2"} <= set(metrics) and metrics["mae"] < 0.1
+    tracker = open_tracker(c60)
+    run = tracker.client.get_run(run_id)
+    assert run.data.tags["structure"] == "c60-in-carbon" and run.data.tags["dataset"] == "c60-simulated"
+    assert float(run.data.metrics["test_mae"]) == pytest.approx(metrics["mae"])
+    children = tracker.client.search_runs([tracker.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
+    assert len(children) == 4 + 2  # random starts + Bayesian iterations
+    assert all("cv_mae" in child.data.metrics for child in children)
+    assert len(tracker.client.get_metric_history(run_id, "validation_mae")) > 1  # the loss curve
+
+    again = motex("train", "--structure", "c60-in-carbon", "--data", "c60-simulated", "--n-iter", "2", "--cv", "2", db=c60)
+    assert again.exit_code == 0 and "reusing it" in again.stdout
+    assert len(query(c60, "SELECT id FROM trained_model")) == 1
+
+
+def test_explain_finds_the_buckyball(motex, c60, tmp_path):
+    assert motex("train", "--structure", "c60-in-carbon", "--data", "c60-simulated", "--n-iter", "2", "--cv", "2", db=c60).exit_code == 0
+    out = tmp_path / "explained"
+    result = motex("explain", "--structure", "c60-in-carbon", "--data", "c60-simulated", "--out", out, db=c60)
+    assert result.exit_code == 0, result.output
+    rows = query(c60, "SELECT atom_index, contribution, confidence FROM contribution ORDER BY atom_index")
+    assert [r[0] for r in rows] == list(range(1, 131))
+    contribution = np.array([r[1] for r in rows])
+    cage, distractors = contribution[:C60_ATOM_COUNT], contribution[C60_ATOM_COUNT:]
+    assert cage.mean() < 0 < distractors.mean()
+    # most of the cage is extracted, few distractors
+    assert (cage < 0).sum() >= 50 and (distractors < 0).sum() <= 10
+    (overall,), = query(c60, "SELECT overall_confidence FROM trained_model")
+    assert overall > 1
+    (extracted_rwp,), = query(c60, "SELECT rwp FROM motif_fit WHERE mask = (SELECT mask FROM motif WHERE sampler LIKE 'extracted%')")
+    assert extracted_rwp < 0.2
+    for suffix in ("_contributions.csv", "_contributions.extxyz", "_extracted_motif.xyz", "_shap_summary.png"):
+        assert list(out.glob(f"*{suffix}")), suffix
+
+    before = snapshot(c60)
+    again = motex("explain", "--structure", "c60-in-carbon", "--data", "c60-simulated", db=c60)
+    assert again.exit_code == 0 and "already stored" in again.stdout
+    assert snapshot(c60)["atom_contribution"] == before["atom_contribution"]
+
+
+def test_train_and_explain_refuse_what_they_cannot_do(motex, c60):
+    before = snapshot(c60)
+    cases = [
+        (["train", "--structure", "c60-in-carbon", "--data", "nope"], "no dataset named 'nope'"),
+        (["train", "--structure", "c60-in-carbon", "--data", "c60-simulated", "--fit-config", "99"], "no fit config with id 99"),
+        (["train", "--structure", "c60-in-carbon", "--data", "c60-simulated", "--cv", "1"], "--cv"),
+        (["explain", "--structure", "c60-in-carbon", "--data", "c60-simulated", "--model", "99"], "no trained model 99"),
+    ]
+    for args, words in cases:
+        result = motex(*args, db=c60)
+        assert result.exit_code == 2, (args, result.output)
+        assert words in result.stderr
+    assert snapshot(c60)["trained_model"] == before["trained_model"]
+
+
+def test_refine_one_motif_with_srfit(motex, c60, tmp_path):
+    (motif_id, rwp), = query(c60, "SELECT motif_id, rwp FROM motif_fit WHERE status = 'ok' ORDER BY rwp LIMIT 1")
+    out = tmp_path / "refined"
+    result = motex("refine", "--motif", motif_id, "--data", "c60-simulated", "--free", "scale,zoom,biso", "--out", out, db=c60)
+    assert result.exit_code == 0, result.output
+    values = json.loads(next(out.glob("*.json")).read_text())
+    assert set(values["values"]) == {"scale", "zoom", "biso_C"}
+    assert values["rwp"] <= rwp + 1e-3  # freeing Biso can only help
+    assert values["uncertainties"]["zoom"] > 0
+    assert list(out.glob("*.png")) and list(out.glob("*.html"))
+    bad = motex("refine", "--motif", motif_id, "--data", "c60-simulated", "--free", "scale,wobble", "--out", out, db=c60)
+    assert bad.exit_code == 2 and "wobble" in bad.stderr
