@@ -682,6 +682,11 @@ def train_model(
             n_motifs=result.n_motifs, seed=seed, hyperparameters=result.hyperparameters,
             metrics={**result.metrics, "best_cv_mae": result.best_cv_mae, "best_iteration": result.best_iteration},
             model=result.model_json, mlflow_run_id=run_id, motif_ids=ids, n_iter=n_iter, cv=cv,
+            training_log={
+                "trials": [{"index": t.index, "params": t.params, "cv_mae": t.cv_mae} for t in result.trials],
+                "learning_curve": result.learning_curve,
+                "best_iteration": result.best_iteration,
+            },
         )
         session.add(row)
         session.flush()

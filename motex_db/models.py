@@ -201,6 +201,9 @@ class TrainedModel(SQLModel, table=True):
     motif_ids: Optional[np.ndarray] = _array_column(nullable=True)
     n_iter: Optional[int] = None
     cv: Optional[int] = None
+    # {"trials": [{"index", "params", "cv_mae"}], "learning_curve": {"train"|"validation": {"mae": [...], ...}},
+    #  "best_iteration": int}
+    training_log: Optional[dict] = _json_column(nullable=True)
     created_at: datetime = _created_at()
 
 

@@ -18,14 +18,13 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("trained_model") as batch:
-        batch.add_column(sa.Column("motif_ids", sa.LargeBinary, nullable=True))
-        batch.add_column(sa.Column("n_iter", sa.Integer, nullable=True))
-        batch.add_column(sa.Column("cv", sa.Integer, nullable=True))
+    op.add_column("trained_model", sa.Column("motif_ids", sa.LargeBinary, nullable=True))
+    op.add_column("trained_model", sa.Column("n_iter", sa.Integer, nullable=True))
+    op.add_column("trained_model", sa.Column("cv", sa.Integer, nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("trained_model") as batch:
-        batch.drop_column("cv")
-        batch.drop_column("n_iter")
-        batch.drop_column("motif_ids")
+    # plain ALTER TABLE (SQLite >= 3.35 and PostgreSQL): a batch copy of the table would break the views on it
+    op.execute("ALTER TABLE trained_model DROP COLUMN cv")
+    op.execute("ALTER TABLE trained_model DROP COLUMN n_iter")
+    op.execute("ALTER TABLE trained_model DROP COLUMN motif_ids")
