@@ -66,7 +66,10 @@ def init(ctx: typer.Context) -> None:
 
 
 @app.command()
-def status(ctx: typer.Context) -> None:
+def status(
+    ctx: typer.Context,
+    mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="MLflow tracking URI, if not the default beside the record."),
+) -> None:
     """Per structure and dataset: motifs, fits done and failed, best Rwp, trained models."""
     from motex_db.db import current_revision, safe_url
     from motex_db.record import Record
@@ -78,6 +81,11 @@ def status(ctx: typer.Context) -> None:
         console.print("no structure and dataset pair yet: add them with structure add and data add.")
         return
     output.print_frame(frame, title="status")
+    if frame["trained_models"].sum() > 0:
+        from motex_db.tracking import tracking_location
+
+        location = tracking_location(record.engine.url.render_as_string(hide_password=False), mlflow_uri)
+        console.print(f"MLflow tracking: {safe_url(location.tracking_uri)}; open the UI with:\n  {location.ui_command}")
 
 
 @structure_app.command("add")
