@@ -183,7 +183,7 @@ def _assert_complete(url: str, n_motifs: int) -> None:
 
 def test_kill_minus_nine_then_run_again_finishes_without_duplicates(tmp_path):
     url = f"sqlite:///{tmp_path / 'kill.db'}"
-    n_motifs = 6000
+    n_motifs = 4000
     _c60_record(tmp_path, url, n_motifs)
     process = _start_fit(url)
     committed = _wait_for_results(url, 300, process)
@@ -202,7 +202,7 @@ def test_kill_minus_nine_then_run_again_finishes_without_duplicates(tmp_path):
 
 
 def test_four_workers_on_postgresql_one_killed(tmp_path, postgres_url):
-    n_motifs = 8000
+    n_motifs = 4000
     _c60_record(tmp_path, postgres_url, n_motifs)
     processes = [_start_fit(postgres_url, "--lease", "5") for _ in range(4)]
     _wait_for_results(postgres_url, 400, processes[0])
