@@ -252,7 +252,7 @@ def explain_model(
     from motex_db.fitting.settings import FitSettings
     from motex_db.fitting.refine import motif_atoms
     from motex_db.fitting.work import best_fit, fit_motifs_now, prepare_fit
-    from motex_db.learning import features, model_from_json, split
+    from motex_db.learning import EXTRACTED_SAMPLER_PREFIX, features, model_from_json, split
     from motex_db.models import AtomContribution, FitConfig, FitResult, Motif, TrainedModel
     from motex_db.structures import get_starting_model, permutable_flags
 
@@ -297,7 +297,7 @@ def explain_model(
     if keep.any():
         with transaction(engine) as session:
             row = session.get(type(model), model.id)
-            _insert_motifs(session, row, [extracted], f"extracted from trained model {trained.id}")
+            _insert_motifs(session, row, [extracted], f"{EXTRACTED_SAMPLER_PREFIX} from trained model {trained.id}")
             extracted_id = session.exec(
                 select(Motif.id).where(Motif.starting_model_id == model.id).where(Motif.mask == extracted)
             ).one()

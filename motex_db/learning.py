@@ -596,8 +596,15 @@ def choose_fit_config(session, model_id: int, dataset_id: int, fit_config_id: Op
     return max(counts, key=lambda row: (row[1], row[0]))[0]
 
 
+EXTRACTED_SAMPLER_PREFIX = "extracted"
+
+
 def load_fits(session, model_id: int, dataset_id: int, fit_config_id: int) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """(motif ids, masks, Rwp) of the successful fits, ordered by motif id."""
+    """(motif ids, masks, Rwp) of the successful fits of sampled motifs, ordered by motif id.
+
+    Motifs that an explanation extracted are left out: they are answers, not
+    samples, and leaving them out keeps a model reproducible from its catalogue.
+    """
     from sqlmodel import select
 
     from motex_db.models import FitResult, Motif
@@ -609,6 +616,7 @@ def load_fits(session, model_id: int, dataset_id: int, fit_config_id: int) -> tu
         .where(FitResult.dataset_id == dataset_id)
         .where(FitResult.fit_config_id == fit_config_id)
         .where(FitResult.status == "ok")
+        .where(~Motif.sampler.startswith(EXTRACTED_SAMPLER_PREFIX))
         .order_by(Motif.id)
     ).all()
     ids = np.array([r[0] for r in rows], dtype=np.int64)
