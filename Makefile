@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 DEMO_DIR ?= motex-demo
 
-.PHONY: demo test venv install clean
+.PHONY: demo test venv install browser clean
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -21,7 +21,17 @@ install: venv
 demo: install
 	$(BIN)/motex-db demo --dir $(DEMO_DIR)
 
-test: venv
+# The report's browser test needs Debian's chromium; install it where we may (root with apt),
+# else that test skips with its reason.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the report's browser test"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "chromium could not be installed: the browser test will skip"; \
+	  else echo "chromium missing and apt unavailable: the browser test will skip"; fi; }
+
+test: venv browser
 	$(BIN)/python -m pip install -q ".[test]"
 	$(BIN)/pytest
 
