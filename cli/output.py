@@ -188,6 +188,13 @@ def print_explain_outcome(outcome, files) -> None:
          for rank, r in enumerate(table.itertuples(), start=1)],
     )
     console.print(f"overall confidence {outcome.overall_confidence:.3g} (mean |contribution| / uncertainty over atoms)")
+    for name, label in (("half", "half"), ("three_quarters", "three quarters")):
+        part = outcome.convergence.get(name)
+        if part:
+            console.print(
+                f"convergence: from {label} of the fits ({part['n_motifs']} motifs), {part['sign_changes']} of "
+                f"{len(outcome.elements)} atoms change sign" + ("" if part["sign_changes"] == 0 else ": sampling more motifs will sharpen the answer")
+            )
     kept = [i + 1 for i, c in enumerate(outcome.extracted_mask) if c == "1"]
     if kept:
         rwp = f"Rwp {outcome.extracted_rwp:.4f}" if outcome.extracted_rwp is not None else f"fit {outcome.extracted_status}"

@@ -177,6 +177,40 @@ def extracted_motif_mask(contributions: AtomContributions, min_confidence: Optio
     return mask
 
 
+CONVERGENCE_FRACTIONS = {"half": 0.5, "three_quarters": 0.75}
+
+
+def contribution_convergence(
+    masks: np.ndarray, rwp: np.ndarray, hyperparameters: dict, seed: int, contribution: np.ndarray
+) -> dict[str, dict]:
+    """Contributions from surrogates trained on the first half and three quarters of the fits.
+
+    ``masks``/``rwp`` are the trained model's fits in motif order (the order
+    they were sampled), ``hyperparameters`` its XGBoost parameters (no new
+    search: the question is whether more data move the answer) and
+    ``contribution`` its own contributions. For each fraction returns the
+    number of motifs, the contributions and how many atoms changed sign: when
+    signs still change, sampling more motifs will sharpen the answer.
+    """
+    from motex_db.learning import SearchSpace, features, split, train_final
+
+    searched = {d.name for d in SearchSpace().dimensions()} - {"n_estimators"}
+    params = {k: v for k, v in hyperparameters.items() if k in searched}
+    found = {}
+    for name, fraction in CONVERGENCE_FRACTIONS.items():
+        n = int(len(rwp) * fraction)
+        train_idx, _ = split(n, seed)
+        X = features(masks[:n])[train_idx]
+        model = train_final(X, rwp[:n][train_idx], params, seed).model
+        part = atom_contributions(shap_values(model, X), X).contribution
+        found[name] = {
+            "n_motifs": n,
+            "contribution": part,
+            "sign_changes": int(np.sum(np.sign(part) != np.sign(contribution))),
+        }
+    return found
+
+
 # --------------------------------------------------------------------------
 # Step 4 in the record: `motex-db explain`
 
@@ -191,8 +225,9 @@ class ExplainOutcome:
     dataset: str
     fit_config_id: int
     elements: list  # of the permutable atoms, 1..N
-    contributions: "pd.DataFrame"  # atom_index, element, contribution, uncertainty, confidence (by atom index)
+    contributions: "pd.DataFrame"  # atom_index, element, contribution, uncertainty, confidence, contribution_half, contribution_three_quarters
     overall_confidence: float
+    convergence: dict  # {"half"|"three_quarters": {"n_motifs", "sign_changes"}}
     extracted_mask: str
     extracted_motif_id: Optional[int]
     extracted_rwp: Optional[float]
@@ -207,6 +242,7 @@ class ExplainOutcome:
     starting_elements: Optional[list] = None  # every atom of the starting model
     starting_positions: Optional[np.ndarray] = None
     permutable: Optional[np.ndarray] = None  # (n_atoms,) bool
+    bond_cutoff: Optional[float] = None  # Å
 
 
 def _latest_model(session, model_id: int, dataset_id: int, trained_model_id: Optional[int]):
@@ -264,10 +300,20 @@ def explain_model(
             select(AtomContribution).where(AtomContribution.trained_model_id == trained.id).order_by(AtomContribution.atom_index)
         ).all()
         config = session.get(FitConfig, trained.fit_config_id)
-        masks_by_id = dict(session.exec(select(Motif.id, Motif.mask).where(Motif.id.in_(trained.motif_ids.tolist()))).all())
+        fitted = {
+            motif_id: (mask, rwp)
+            for motif_id, mask, rwp in session.exec(
+                select(Motif.id, Motif.mask, FitResult.rwp)
+                .join(FitResult, FitResult.motif_id == Motif.id)
+                .where(FitResult.dataset_id == data.id)
+                .where(FitResult.fit_config_id == trained.fit_config_id)
+                .where(Motif.id.in_(trained.motif_ids.tolist()))
+            ).all()
+        }
     flags = permutable_flags(model.elements, model.permutable_elements)
     perm_elements = [e for e, f in zip(model.elements, flags) if f]
-    masks = masks_from_text([masks_by_id[int(m)] for m in trained.motif_ids], model.n_permutable)
+    masks = masks_from_text([fitted[int(m)][0] for m in trained.motif_ids], model.n_permutable)
+    rwp = np.array([fitted[int(m)][1] for m in trained.motif_ids], dtype=float)
     train_idx, _ = split(len(masks), trained.seed)
     X_train = features(masks)[train_idx]
     shap_matrix = shap_values(model_from_json(trained.model), X_train)
@@ -277,16 +323,26 @@ def explain_model(
         "uncertainty": found.uncertainty, "confidence": found.confidence,
     })
     overall = float(found.overall_confidence)
-    if not stored:
+    if stored:
+        frame["contribution_half"] = [c.contribution_half for c in stored]
+        frame["contribution_three_quarters"] = [c.contribution_three_quarters for c in stored]
+        convergence = trained.convergence or {}
+    else:
+        parts = contribution_convergence(masks, rwp, trained.hyperparameters, trained.seed, found.contribution)
+        frame["contribution_half"] = parts["half"]["contribution"]
+        frame["contribution_three_quarters"] = parts["three_quarters"]["contribution"]
+        convergence = {name: {k: v for k, v in part.items() if k != "contribution"} for name, part in parts.items()}
         with transaction(engine) as session:
             session.add_all([
                 AtomContribution(trained_model_id=trained.id, atom_index=int(r.atom_index), element=r.element,
                                  contribution=float(r.contribution), uncertainty=float(r.uncertainty),
-                                 confidence=float(r.confidence))
+                                 confidence=float(r.confidence), contribution_half=float(r.contribution_half),
+                                 contribution_three_quarters=float(r.contribution_three_quarters))
                 for r in frame.itertuples()
             ])
             row = session.get(TrainedModel, trained.id)
             row.overall_confidence = overall
+            row.convergence = convergence
             session.add(row)
 
     keep = extracted_motif_mask(found, min_confidence)
@@ -318,10 +374,12 @@ def explain_model(
     return ExplainOutcome(
         trained_model_id=trained.id, created=not stored, structure=structure, dataset=dataset,
         fit_config_id=config.id, elements=perm_elements, contributions=frame, overall_confidence=overall,
+        convergence=convergence,
         extracted_mask=extracted, extracted_motif_id=extracted_id, extracted_rwp=extracted_rwp,
         extracted_status=extracted_status, best_motif_id=best_id, best_rwp=best_rwp,
         mlflow_run_id=trained.mlflow_run_id, shap=shap_matrix, features=X_train,
         starting_elements=list(model.elements), starting_positions=model.positions, permutable=flags,
+        bond_cutoff=model.bond_cutoff,
         extracted_elements=extracted_elements, extracted_positions=extracted_positions,
     )
 

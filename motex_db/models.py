@@ -204,6 +204,8 @@ class TrainedModel(SQLModel, table=True):
     # {"trials": [{"index", "params", "cv_mae"}], "learning_curve": {"train"|"validation": {"mae": [...], ...}},
     #  "best_iteration": int}
     training_log: Optional[dict] = _json_column(nullable=True)
+    # {"half": {"n_motifs", "sign_changes"}, "three_quarters": {...}}: do the contributions still move?
+    convergence: Optional[dict] = _json_column(nullable=True)
     created_at: datetime = _created_at()
 
 
@@ -223,6 +225,10 @@ class AtomContribution(SQLModel, table=True):
     contribution: float
     uncertainty: float
     confidence: float
+    # the same atom's contribution from models trained on the first half and three
+    # quarters of the fits (in motif order), with the final model's hyper-parameters
+    contribution_half: Optional[float] = None
+    contribution_three_quarters: Optional[float] = None
 
 
 class FitClaim(SQLModel, table=True):

@@ -123,6 +123,30 @@ class Record:
             return self._frame(query + "ORDER BY m.id")
         return self._frame(query + "WHERE s.name = :structure ORDER BY m.id", structure=structure)
 
+    def trained_models(self, structure: Optional[str] = None) -> pd.DataFrame:
+        """Trained surrogates with their test metrics and overall confidence."""
+        query = (
+            "SELECT t.id, s.name AS structure, d.name AS dataset, t.fit_config_id, t.n_motifs, t.seed, "
+            "t.metrics, t.hyperparameters, t.overall_confidence, t.convergence, t.mlflow_run_id, t.created_at "
+            "FROM trained_model t JOIN starting_model s ON s.id = t.starting_model_id "
+            "JOIN dataset d ON d.id = t.dataset_id "
+        )
+        if structure is None:
+            return self._frame(query + "ORDER BY t.id")
+        return self._frame(query + "WHERE s.name = :structure ORDER BY t.id", structure=structure)
+
+    def contributions(self, structure: Optional[str] = None, dataset: Optional[str] = None) -> pd.DataFrame:
+        """Atom contributions (the ``contribution`` view), optionally of one structure and dataset."""
+        where, params = [], {}
+        if structure is not None:
+            where.append("structure = :structure")
+            params["structure"] = structure
+        if dataset is not None:
+            where.append("dataset = :dataset")
+            params["dataset"] = dataset
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        return self._frame(f"SELECT * FROM contribution {clause}ORDER BY trained_model_id, atom_index", **params)
+
     def status(self) -> pd.DataFrame:
         """Per structure and dataset: motifs, fits done and failed, best Rwp, trained models."""
         return self._frame(_STATUS_QUERY)

@@ -46,6 +46,21 @@ def write_explanation_files(outcome, out_dir: str | Path) -> dict[str, Path]:
     files["coloured_structure"] = out_dir / f"{stem}_contributions.extxyz"
     ase.io.write(str(files["coloured_structure"]), atoms, format="extxyz")
 
+    from motex_db.reports.vesta import write_vesta
+
+    permutable_elements = sorted({e for e, p in zip(outcome.starting_elements, outcome.permutable) if p})
+    others = sorted({e for e, p in zip(outcome.starting_elements, outcome.permutable) if not p})
+    bonds = [(a, b, outcome.bond_cutoff) for a in permutable_elements for b in others]
+    files["vesta"] = write_vesta(
+        out_dir / f"{stem}_contributions.vesta", f"{outcome.structure} coloured by contribution ({outcome.dataset})",
+        outcome.starting_elements, outcome.starting_positions, contribution, np.asarray(outcome.permutable), bonds,
+    )
+
+    if outcome.shap is not None:
+        names = ["n_kept"] + [f"{el}{i}" for i, el in enumerate(outcome.elements, start=1)]
+        files["shap_values"] = out_dir / f"{stem}_shap_values.csv"
+        np.savetxt(files["shap_values"], outcome.shap, delimiter=",", header=",".join(names), comments="", fmt="%.6g")
+
     if outcome.extracted_elements:
         files["extracted_motif"] = out_dir / f"{stem}_extracted_motif.xyz"
         ase.io.write(str(files["extracted_motif"]), ase.Atoms(outcome.extracted_elements, outcome.extracted_positions), format="xyz")

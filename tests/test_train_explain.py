@@ -72,11 +72,20 @@ def test_explain_finds_the_buckyball(motex, c60, tmp_path):
     assert cage.mean() < 0 < distractors.mean()
     # most of the cage is extracted, few distractors
     assert (cage < 0).sum() >= 50 and (distractors < 0).sum() <= 10
-    (overall,), = query(c60, "SELECT overall_confidence FROM trained_model")
+    (overall, convergence), = query(c60, "SELECT overall_confidence, convergence FROM trained_model")
     assert overall > 1
+    convergence = json.loads(convergence) if isinstance(convergence, str) else convergence
+    assert set(convergence) == {"half", "three_quarters"} and "change sign" in result.stdout
+    halves = query(c60, "SELECT contribution_half, contribution_three_quarters FROM atom_contribution")
+    assert all(h is not None and t is not None for h, t in halves)
+    import motex_db
+
+    frame = motex_db.open_record(c60).contributions("c60-in-carbon", "c60-simulated")
+    assert len(frame) == 130 and motex_db.open_record(c60).trained_models()["overall_confidence"].notna().all()
     (extracted_rwp,), = query(c60, "SELECT rwp FROM motif_fit WHERE mask = (SELECT mask FROM motif WHERE sampler LIKE 'extracted%')")
     assert extracted_rwp < 0.2
-    for suffix in ("_contributions.csv", "_contributions.extxyz", "_extracted_motif.xyz", "_shap_summary.png"):
+    for suffix in ("_contributions.csv", "_contributions.extxyz", "_contributions.vesta", "_shap_values.csv",
+                   "_extracted_motif.xyz", "_shap_summary.png"):
         assert list(out.glob(f"*{suffix}")), suffix
 
     before = snapshot(c60)
