@@ -197,7 +197,8 @@ def print_explain_outcome(outcome, files) -> None:
             )
     kept = [i + 1 for i, c in enumerate(outcome.extracted_mask) if c == "1"]
     if kept:
-        rwp = f"Rwp {outcome.extracted_rwp:.4f}" if outcome.extracted_rwp is not None else f"fit {outcome.extracted_status}"
+        rwp = (f"Rwp {outcome.extracted_rwp:.4f}" if outcome.extracted_rwp is not None
+               else f"fit {outcome.extracted_status}" if outcome.extracted_status else "not fitted (imported scores)")
         console.print(
             f"extracted motif {outcome.extracted_motif_id}: {len(kept)} atoms with negative contribution "
             f"({', '.join(map(str, kept))}); {rwp}"

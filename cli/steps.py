@@ -249,3 +249,24 @@ def explain(
         files = write_explanation_files(outcome, out or Path(scratch))
         log_explanation(engine.url.render_as_string(hide_password=False), outcome, files, mlflow_uri)
     output.print_explain_outcome(outcome, files if out else None)
+
+
+@app.command("import-fits")
+def import_fits(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., help="Scores: ML-MotEx's text format (ID, Rwp, n atoms, 0/1 per atom) or CSV (mask or 0/1 columns, and a score)."),
+    structure: str = typer.Option(..., "--structure", help="Starting model the masks refer to."),
+    source: str = typer.Option(..., "--source", help="Name of the external dataset the scores belong to."),
+    higher_is_better: bool = typer.Option(False, "--higher-is-better", help="Higher scores are better (stored negated)."),
+    score_column: Optional[str] = typer.Option(None, "--score-column", help="CSV column holding the score (default: score or rwp)."),
+) -> None:
+    """Import goodness-of-fit values computed elsewhere, to train and explain them like motex-db's own fits."""
+    from motex_db.fitting.imported import import_fits as run_import
+
+    outcome = run_import(engine_of(ctx), file, structure, source, higher_is_better, score_column)
+    console.print(
+        f"imported {outcome.imported} scores for '{outcome.structure}' as dataset '{outcome.source}' "
+        f"(fit config {outcome.fit_config_id}); {outcome.new_motifs} motifs were new to the catalogue"
+        + (f", {outcome.already} scores were already imported" if outcome.already else "")
+        + f". Next: motex-db train --structure {outcome.structure} --data {outcome.source}"
+    )

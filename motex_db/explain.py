@@ -287,7 +287,8 @@ def explain_model(
     from motex_db.db import transaction
     from motex_db.fitting.settings import FitSettings
     from motex_db.fitting.refine import motif_atoms
-    from motex_db.fitting.work import best_fit, fit_motifs_now, prepare_fit
+    from motex_db.fitting.imported import IMPORT_RECIPE
+    from motex_db.fitting.work import FitJob, best_fit, fit_motifs_now, prepare_fit
     from motex_db.learning import EXTRACTED_SAMPLER_PREFIX, features, model_from_json, split
     from motex_db.models import AtomContribution, FitConfig, FitResult, Motif, TrainedModel
     from motex_db.structures import get_starting_model, permutable_flags
@@ -349,7 +350,9 @@ def explain_model(
     extracted = mask_to_text(keep)
     extracted_elements, extracted_positions = motif_atoms(model, extracted)
     extracted_id = extracted_rwp = extracted_status = None
-    prepared = prepare_fit(engine, structure, dataset, FitSettings.from_dict(config.settings))
+    # scores imported from elsewhere cannot be computed here: the extracted motif is stored, not fitted
+    computable = config.recipe != IMPORT_RECIPE
+    prepared = prepare_fit(engine, structure, dataset, FitSettings.from_dict(config.settings)) if computable else None
     if keep.any():
         with transaction(engine) as session:
             row = session.get(type(model), model.id)
@@ -362,15 +365,16 @@ def explain_model(
                 select(FitResult).where(FitResult.motif_id == extracted_id)
                 .where(FitResult.dataset_id == data.id).where(FitResult.fit_config_id == config.id)
             ).first()
-        if result is None:
+        if result is None and computable:
             fit_motifs_now(engine, prepared, [extracted_id])
             with Session(engine) as session:
                 result = session.exec(
                     select(FitResult).where(FitResult.motif_id == extracted_id)
                     .where(FitResult.dataset_id == data.id).where(FitResult.fit_config_id == config.id)
                 ).one()
-        extracted_rwp, extracted_status = result.rwp, result.status
-    best_rwp, best_id, _ = best_fit(engine, prepared.job)
+        if result is not None:
+            extracted_rwp, extracted_status = result.rwp, result.status
+    best_rwp, best_id, _ = best_fit(engine, FitJob(model.id, data.id, config.id))
     return ExplainOutcome(
         trained_model_id=trained.id, created=not stored, structure=structure, dataset=dataset,
         fit_config_id=config.id, elements=perm_elements, contributions=frame, overall_confidence=overall,
