@@ -36,8 +36,8 @@ def write_demo_files(directory: Path) -> tuple[Path, Path]:
 
 
 DEMO_STEPS = ("data", "sample", "fit", "train", "explain")
-DEMO_MOTIFS = 3000
-DEMO_SEARCH_ITERATIONS = 25
+DEMO_MOTIFS = 10_000
+DEMO_SEARCH_ITERATIONS = 15
 
 
 def run_demo(

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
 from motex_db.datasets import read_pdf_data
 from motex_db.pdf import PDFParameters, cluster_pdf
@@ -78,8 +79,16 @@ def test_demo_builds_its_record_and_runs_again_without_duplicating(motex_process
     assert len(content["starting_model"]) == 1 and len(content["dataset"]) == 1
     assert "c60-in-carbon" in first.stdout and "130 carbon atoms" in first.stdout
     # the whole pipeline ran, and found the buckyball
-    assert len(content["motif"]) == 3001 and len(content["trained_model"]) == 1
+    assert len(content["motif"]) == 10_001 and len(content["trained_model"]) == 1
     assert "60 of them in the buckyball" in first.stdout
+    # science.md: the 60 buckyball atoms have the 60 most negative contributions
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        most_negative = connection.exec_driver_sql(
+            "SELECT atom_index FROM atom_contribution ORDER BY contribution LIMIT 60"
+        ).scalars().all()
+    engine.dispose()
+    assert sorted(most_negative) == list(range(1, 61))
     second = motex_process("demo", "--dir", "demo")
     assert second.exit_code == 0
     again = snapshot(url)
