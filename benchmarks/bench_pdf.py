@@ -19,7 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from motex_db.catalogue import masks_from_text, membership_matrix, sample_uniform_masks
+from motex_db.datasets import read_pdf_data
 from motex_db.pdf import MotifPDFEngine, PDFParameters, cluster_pdf
+from motex_db.structures import read_structure
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 KEGGIN_XYZ = SHARED / "data" / "keggin" / "109725.xyz"
@@ -71,37 +74,24 @@ def oxide_particle(n_metal: int = 72, n_oxygen: int = 228, a: float = 3.75) -> t
 
 
 def bond_membership(elements: list[str], positions: np.ndarray, permutable: str) -> np.ndarray:
-    """membership[a, k]: atom a is permutable atom k, or a non-permutable atom within the bond cutoff of it."""
-    perm = [a for a, e in enumerate(elements) if e == permutable]
-    distance = np.linalg.norm(positions[:, None] - positions[perm][None], axis=-1)
-    is_perm = np.array([e == permutable for e in elements])
-    membership = (distance < BOND_CUTOFF) & ~is_perm[:, None]
-    membership[perm, np.arange(len(perm))] = True
-    return membership
+    """The catalogue's membership matrix: W and the atoms within the bond cutoff of it."""
+    return membership_matrix(positions, np.asarray(elements) == permutable, BOND_CUTOFF)
 
 
 def read_xyz(path: Path) -> tuple[list[str], np.ndarray]:
-    lines = path.read_text().splitlines()
-    n = int(lines[0])
-    rows = [line.split() for line in lines[2 : 2 + n]]
-    return [row[0] for row in rows], np.array([[float(x) for x in row[1:4]] for row in rows])
+    structure = read_structure(path)
+    return structure.elements, structure.positions
 
 
 def danmax_grid(rmin: float = 1.6, rmax: float = 10.0) -> np.ndarray:
-    lines = DANMAX_GR.read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("#### start data")) + 1
-    r = np.array([float(line.split()[0]) for line in lines[start:] if line.strip() and not line.startswith("#")])
+    r = read_pdf_data(DANMAX_GR).r
     return r[(r >= rmin) & (r <= rmax)]
 
 
 def mlmotex_masks(n_motifs: int, n_permutable: int, seed: int = 0) -> np.ndarray:
-    """ML-MotEx's sampler: size k uniform in 1..N, then a uniformly random subset of size k."""
-    rng = np.random.default_rng(seed)
-    masks = np.zeros((n_motifs, n_permutable), dtype=bool)
-    sizes = rng.integers(1, n_permutable + 1, n_motifs)
-    for m, k in enumerate(sizes):
-        masks[m, rng.choice(n_permutable, k, replace=False)] = True
-    return masks
+    """ML-MotEx's sampler (k uniform, then a random subset of size k), distinct masks as motex-db samples them."""
+    texts, _ = sample_uniform_masks(n_permutable, n_motifs, np.random.default_rng(seed))
+    return masks_from_text(texts, n_permutable)
 
 
 def bench_clusters(sizes: list[int], repeats: int, r: np.ndarray) -> None:
