@@ -108,8 +108,13 @@ def demo(
     """Run the generated C60 example end to end in a fresh folder (its own SQLite record)."""
     from motex_db.demo import run_demo
 
+    from motex_db.db import open_engine
+    from motex_db.reports.report import write_report
+
     url = run_demo(directory, url=ctx.obj["db"], on_step=console.print)
-    console.print(f"done: look at it with  motex-db --db {url} status")
+    written = write_report(open_engine(url), Path(directory) / "report.html")
+    console.print(f"report: {written.path} (open it in a browser)")
+    console.print(f"done: look at the record with  motex-db --db {url} status")
 
 
 def _parse_pair(text: Optional[str], option: str) -> Optional[tuple[float, float]]:
