@@ -80,7 +80,6 @@ PROBE = """<script>(function () {
 
 def run_cli(*args, db: str) -> CliResult:
     """The motex-db command in this process (module fixtures cannot use the `motex` fixture)."""
-    import motex_db.cli.report  # noqa: F401  registers the command until cli/app.py imports it
     from motex_db.cli.app import main
 
     out, err = io.StringIO(), io.StringIO()
