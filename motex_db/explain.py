@@ -15,6 +15,8 @@ Lundberg et al., Nat. Mach. Intell. 2, 56 (2020) (TreeSHAP).
 
 from __future__ import annotations
 
+import copy
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -60,6 +62,11 @@ def shap_values(model, X: np.ndarray) -> np.ndarray:
         raise InputError(
             f"The model was trained on {n_features} features (N + 1) but the motifs have {X.shape[1]}."
         )
+    # shap hands XGBoost models to XGBoost's own TreeSHAP (predict with pred_contribs), which
+    # runs on the booster's thread count: the stored models say 1 (training is deterministic
+    # with any count), so give the explanation every core, on a copy.
+    model = copy.deepcopy(model)
+    model.get_booster().set_param({"nthread": os.cpu_count() or 1})
     explainer = shap.TreeExplainer(model, feature_perturbation="tree_path_dependent")
     return np.asarray(explainer.shap_values(X), dtype=np.float64)
 
