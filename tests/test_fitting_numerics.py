@@ -358,8 +358,23 @@ def test_never_worse_than_srfit_on_our_engine(keggin, keggin_fitters, recipe, zo
     for mask, rwp in zip(masks, batch.rwp):
         el, pos = motif_atoms(elements, positions, membership, mask)
         fit_recipe = build_cluster_recipe(el, pos, r, y, settings.pdf_parameters(), zoom_mode=zoom_mode, free=free)
+        g_start = fit_recipe.pdf.evaluate()  # scale 1: start it at its best value, as motex-db refine does
+        fit_recipe.scale.setValue(float(y @ g_start) / float(g_start @ g_start))
         solution, *_ = leastsq(fit_recipe.residual, fit_recipe.values)
         fit_recipe.residual(solution)
         g_calc = fit_recipe.pdf.evaluate()
         srfit_rwp = math.sqrt(float(((y - g_calc) ** 2).sum() / (y @ y)))
         assert rwp <= srfit_rwp + 0.002
+
+
+@requires_shared
+@pytest.mark.parametrize("recipe, n_masks", [("fast", 400), ("mlmotex", 60)])
+def test_a_motif_fits_the_same_alone_or_in_a_batch(keggin_fitters, recipe, n_masks):
+    settings, fitter = keggin_fitters[recipe]
+    masks = sampled_masks(24, n_masks, seed=21)
+    together = fitter.fit(masks)
+    for i, mask in enumerate(masks):
+        alone = fitter.fit(mask)
+        assert alone.rwp[0] == pytest.approx(together.rwp[i], abs=1e-7)
+        for name, value in alone.params[0].items():
+            assert value == pytest.approx(together.params[i][name], abs=1e-5), (i, name)

@@ -21,25 +21,30 @@ Three ways to minimise it, chosen from the settings:
   product gives every motif's Chebyshev coefficients; the objective on a fine
   zoom grid finds the global minimum's basin, and safeguarded Newton steps
   on the interpolant find the minimum, for all motifs at once.
-- **three zooms** (the ``mlmotex`` recipe): the isotropic optimum, then a
-  batched Levenberg-Marquardt on (zx, zy, zz) with the scale eliminated
-  (variable projection). Each motif has its own zooms, so kernels are not
-  shared: a motif's coefficients are sum_c n_c K(d_c), with the kernel of
-  each element pair a smooth function of the pair distance d alone. We
-  tabulate its Taylor coefficients in d on 0.02 Å bins (from Chebyshev
-  fits of the untruncated peaks) and sum moments of the classes' offsets
-  from their bin centres: a few histograms and matrix products per step.
+- **three zooms** (the ``mlmotex`` recipe): a batched Levenberg-Marquardt on
+  (zx, zy, zz) with the scale eliminated (variable projection), a secant
+  correction for the large residuals and the restraints modelled exactly,
+  from two starts: the isotropic optimum and the start values (where
+  DiffPy's ``leastsq`` starts); the better end wins. Each motif has its own
+  zooms, so kernels are not shared: a motif's coefficients are
+  sum_c n_c K(d_c), with the kernel of each element pair a smooth function
+  of the pair distance d alone. We tabulate its Taylor coefficients in d on
+  0.02 Å bins (from Chebyshev fits of the untruncated peaks) and sum moments
+  of the classes' offsets from their bin centres: a few histograms and
+  matrix products per step.
 - **general** (free Biso or delta2, the Debye calculator, a fixed scale):
-  one motif at a time, scipy's ``least_squares`` on exact :func:`cluster_pdf`
-  evaluations, the scale eliminated when free, started (real calculator)
-  from the isotropic zoom search's optimum.
+  one motif at a time, scipy's ``least_squares`` on exact evaluations (the
+  motif's pairs classed once, G computed as :func:`cluster_pdf` does), the
+  scale eliminated when free, started (real calculator) from the isotropic
+  zoom search's optimum. A few fits per second on a 100-atom model.
 
 Where the optimum can be: at any zoom inside the restraint window the
 objective is at most sum G_obs^2 (take s = 0), so at the optimum each zoom's
 penalty is below that, which puts every zoom within sigma * |G_obs| of the
 window. The searches cover [lb - sigma |G_obs|, ub + sigma |G_obs|] (cut to
-[lb / 1.5, 1.5 ub]); DiffPy's ``leastsq`` from zoom 1 can stop in a worse
-local minimum, we cannot.
+[lb / 1.5, 1.5 ub]). With one zoom the search is global: DiffPy's
+``leastsq`` from zoom 1 can stop in a worse local minimum, we cannot. With
+three it is local from two starts, one of them DiffPy's.
 
 Reported values are those of the model at the reported parameters: the
 interpolants agree with the exact engine to ~1e-7 relative, far below the
@@ -69,9 +74,11 @@ from motex_db.pdf.parameters import PDFParameters, bare_symbol
 
 __all__ = ["FitBatch", "MotifFitter"]
 
-# Motifs per block in the batched paths: bounds memory (a few tens of MB) and
-# keeps the working set in cache.
+# Motifs per block in the batched paths: at most _BLOCK, and fewer when the
+# dense class counts of a block (motifs x classes) would exceed _COUNTS_BUDGET
+# numbers, so memory stays at a few tens of MB whatever the model.
 _BLOCK = 1024
+_COUNTS_BUDGET = 1 << 22
 # Motifs per three-zoom LM block: their moment histograms stay in cache.
 _LM_BLOCK = 128
 # Zoom search: Chebyshev nodes per panel ~ omega * width / 2 + _CHEB_MARGIN,
@@ -99,6 +106,10 @@ _LM_DAMPING = 1e-3
 # objective; Rwp then moves by less than ~1e-10. (MINPACK's ftol is 1.5e-8:
 # looser, and DiffPy's fits stop there.)
 _LM_TOLERANCE = 1e-10
+# Further starts are first followed roughly (this tolerance, cheaper Taylor
+# orders); only motifs where that already beats the first start are polished.
+_LM_SCREEN = 1e-5
+_SCREEN_ORDERS = (3, 2)
 # r values within this of rmin or rmax count as inside the fit range (Å).
 _RANGE_TOLERANCE = 1e-9
 _MIN_POINTS = 3
@@ -202,7 +213,13 @@ class _Data:
 class _IsoZoomSearch:
     """Global minimisation over one isotropic zoom of |s a(z) - b|^2 + penalty, s eliminated, for many motifs.
 
-    ``zoom`` fixed (``window`` None): a(z) at that one zoom.
+    At construction: each class's kernel (in the basis) at Chebyshev nodes of
+    the zoom window, turned into Chebyshev coefficients (panels of the window
+    when it is wide). Per block of motifs: counts @ those coefficients gives
+    every motif's a(z) as a Chebyshev series; <a, b> and |a|^2 (through the
+    series' Gram matrix) give the objective on a fine zoom grid, and Newton
+    steps on the series polish the best grid point. With ``window`` None the
+    zoom is fixed at the start value and a is evaluated there.
     """
 
     def __init__(
@@ -233,18 +250,20 @@ class _IsoZoomSearch:
         self.panels = []
         to_coefficients = _values_to_coefficients(n_nodes)
         x_nodes = _chebyshev_nodes(n_nodes)
-        blocks = []
-        for lo, hi in zip(edges[:-1], edges[1:]):
+        # per class: Chebyshev coefficients of its kernel in the zoom, panel by panel, (n_active, panels, nodes, k)
+        kernel = np.empty((self.n_active, n_panels, n_nodes, self.k))
+        for p, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
             mid, half = 0.5 * (lo + hi), 0.5 * (hi - lo)
-            values = np.stack([engine.kernel_q(mid + half * x)[: self.n_active] @ left for x in x_nodes])
-            # (n_nodes, n_active, k) values -> Chebyshev coefficients, laid out (n_active, n_nodes * k)
-            coefficients = np.tensordot(to_coefficients, values, axes=1)
-            blocks.append(coefficients.transpose(1, 0, 2).reshape(self.n_active, -1))
+            for j, x in enumerate(x_nodes):
+                kernel[:, p, j] = engine.kernel_q(mid + half * x)[: self.n_active] @ left
+            for start in range(0, self.n_active, 4096):  # values -> coefficients, in place, in slices
+                rows = kernel[start : start + 4096, p]
+                rows[...] = np.einsum("ij,cjk->cik", to_coefficients, rows)
             n_grid = max(9, math.ceil((hi - lo) * omega / _GRID_STEP) + 1)
             x_grid = np.linspace(-1.0, 1.0, n_grid)
             self.panels.append((mid, half, x_grid, chebyshev.chebvander(x_grid, n_nodes - 1)))
         self.n_nodes = n_nodes
-        self.coefficient_kernel = np.ascontiguousarray(np.concatenate(blocks, axis=1))
+        self.coefficient_kernel = kernel.reshape(self.n_active, n_panels * n_nodes * self.k)
 
     def search(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(zoom, a, objective) per motif at the global optimum; a is (m, k), unnormalised."""
@@ -325,32 +344,37 @@ class _IsoZoomSearch:
         return f, f1, f2
 
     def _newton(self, x0, step, f0, proj, gram, mid, half):
-        """Safeguarded Newton on the interpolant within [x0 - step, x0 + step]; never worse than x0."""
+        """Safeguarded Newton on the interpolant within [x0 - step, x0 + step].
+
+        Returns the best point seen (never worse than x0) and its objective.
+        """
         lo = np.maximum(x0 - step, -1.0)
         hi = np.minimum(x0 + step, 1.0)
         x = x0.copy()
+        best_x, best_f = x0.copy(), f0.copy()
         active = np.ones(x.size, dtype=bool)
         for _ in range(_NEWTON_STEPS):
             idx = np.flatnonzero(active)
             if idx.size == 0:
                 break
             xi = x[idx]
-            _, f1, f2 = self._objective(xi, proj[idx], gram[idx], mid, half)
+            f, f1, f2 = self._objective(xi, proj[idx], gram[idx], mid, half)
+            better = f < best_f[idx]
+            best_x[idx[better]], best_f[idx[better]] = xi[better], f[better]
             # the slope's sign says on which side of x the minimum lies: shrink the bracket
             rising = f1 > 0
             hi[idx] = np.where(rising, xi, hi[idx])
             lo[idx] = np.where(rising, lo[idx], xi)
             with np.errstate(divide="ignore", invalid="ignore"):
                 newton = xi - f1 / f2
-            inside = (f2 > 0) & (newton > lo[idx]) & (newton < hi[idx])
-            new = np.where(inside, newton, 0.5 * (lo[idx] + hi[idx]))
+            inside = (f2 > 0) & (newton >= lo[idx]) & (newton <= hi[idx])
+            new = np.where(f1 == 0, xi, np.where(inside, newton, 0.5 * (lo[idx] + hi[idx])))
             x[idx] = new
-            active[idx] = (np.abs(new - xi) > 1e-14) & (hi[idx] - lo[idx] > 1e-14) & (f1 != 0)
+            active[idx] = (np.abs(new - xi) > 1e-14) & (hi[idx] - lo[idx] > 1e-14)
         f, _, _ = self._objective(x, proj, gram, mid, half, derivatives=False)
-        worse = ~(f <= f0)
-        x[worse] = x0[worse]
-        f[worse] = f0[worse]
-        return x, f
+        better = f < best_f
+        best_x[better], best_f[better] = x[better], f[better]
+        return best_x, best_f
 
 
 # ============================================================================ three zooms: batched LM
@@ -484,24 +508,54 @@ class _AnisoZoomRefiner:
                 weight = weight * delta
         return a, jac
 
-    def refine(self, entries: _Entries, start: np.ndarray, data: _Data, settings: FitSettings):
-        """LM from per-motif start zooms (m, 3); returns (zoom (m, 3), a (m, k)) at the end (a accurate).
+    def refine(self, entries: _Entries, starts: Sequence[np.ndarray], data: _Data, settings: FitSettings):
+        """LM from each set of per-motif start zooms (m, 3); the best end per motif, (zoom (m, 3), a (m, k)).
 
-        The residuals are large (Rwp ~0.5), where Gauss-Newton's J^T J misses
-        much of the curvature and crawls; a structured secant term S (Dennis,
-        Gay and Welsch's update, as in NL2SOL, ACM TOMS 7, 348 (1981)) learns
-        the rest from the gradients along the way.
+        ``a`` is evaluated accurately at the returned zooms.
         """
-        low, high = settings.zoom_bounds
+        best_zoom, best_f = self._levenberg_marquardt(entries, starts[0], data, settings, _LM_TOLERANCE)
+        for start in starts[1:]:
+            # a rough descent first; only the motifs where it is heading somewhere better are polished
+            zoom, f = self._levenberg_marquardt(entries, start, data, settings, _LM_SCREEN, _SCREEN_ORDERS)
+            promising = f < best_f
+            if promising.any():
+                sub = entries.subset(promising)
+                zoom_p, f_p = self._levenberg_marquardt(sub, zoom[promising], data, settings, _LM_TOLERANCE)
+                zoom[promising], f[promising] = zoom_p, f_p
+            better = promising & (f < best_f)
+            best_zoom[better], best_f[better] = zoom[better], f[better]
+        a, _ = self.evaluate(entries, best_zoom, _TAYLOR_FINAL)
+        return best_zoom, a
+
+    def _levenberg_marquardt(
+        self,
+        entries: _Entries,
+        start: np.ndarray,
+        data: _Data,
+        settings: FitSettings,
+        tolerance: float,
+        orders: tuple[int, int] = (_TAYLOR_ITER, _TAYLOR_SLOPE),
+    ):
+        """LM from per-motif start zooms (m, 3); returns (zoom (m, 3), objective (m,)).
+
+        The data part is modelled by Gauss-Newton plus a secant term: the
+        residuals are large (Rwp ~0.5), where J^T J misses much of the
+        curvature and the iteration crawls, so a structured secant term S
+        (Dennis, Gay and Welsch's update, as in NL2SOL, ACM TOMS 7, 348 (1981))
+        learns the rest from the gradients along the way. The restraints are
+        modelled exactly (piecewise quadratic), so steps across a bound of
+        the restraint window are not wasted.
+        """
+        bounds = settings.zoom_bounds
         sigma = settings.zoom_sigma
         m = entries.n_motifs
         zoom = np.clip(start, self.zlo, self.zhi)
-        a, jac = self.evaluate(entries, zoom, _TAYLOR_ITER, _TAYLOR_SLOPE)
-        f, gn, gradient = _lm_state(a, jac, zoom, data, low, high, sigma)
+        a, jac = self.evaluate(entries, zoom, *orders)
+        f_data, gn, gradient = _data_model(a, jac, data)
+        f = f_data + _penalty_sum(zoom, bounds, sigma)
         secant = np.zeros((m, 3, 3))
         damping = np.full(m, _LM_DAMPING)
         active = np.ones(m, dtype=bool)
-        eye = np.eye(3)
         current, current_idx = entries, np.arange(m)  # the entries of the motifs still iterating
         for _ in range(_LM_STEPS):
             idx = np.flatnonzero(active)
@@ -511,26 +565,32 @@ class _AnisoZoomRefiner:
                 current = current.subset(active[current_idx])
                 current_idx = idx
             model = gn[idx] + secant[idx]
-            scale = np.maximum(np.einsum("mii->mi", gn[idx]), 1e-12 * np.einsum("mii->m", gn[idx])[:, None] + 1e-300)
-            system = model + damping[idx, None, None] * scale[:, :, None] * eye
-            step = _solve3(system, -gradient[idx])
+            diag = np.einsum("mii->mi", gn[idx])
+            scale = np.maximum(diag, 1e-12 * diag.sum(axis=1, keepdims=True) + 1e-300)
+            damped = model + damping[idx, None, None] * scale[:, :, None] * np.eye(3)
+            step = _restrained_step(damped, gradient[idx], zoom[idx], bounds, sigma)
             trial = np.clip(zoom[idx] + step, self.zlo, self.zhi)
             taken = trial - zoom[idx]
-            a_t, jac_t = self.evaluate(current, trial, _TAYLOR_ITER, _TAYLOR_SLOPE)
-            f_t, gn_t, gradient_t = _lm_state(a_t, jac_t, trial, data, low, high, sigma)
+            a_t, jac_t = self.evaluate(current, trial, *orders)
+            f_data_t, gn_t, gradient_t = _data_model(a_t, jac_t, data)
+            f_t = f_data_t + _penalty_sum(trial, bounds, sigma)
             gain = f[idx] - f_t
-            # the model: f(z + d) ~ f + 2 g.d + d.H.d (g, H are half the gradient and Hessian of f)
-            predicted = -(
-                2.0 * np.einsum("mi,mi->m", gradient[idx], taken) + np.einsum("mi,mij,mj->m", taken, model, taken)
+            # the model: f_data(z + d) ~ f_data + 2 g.d + d.H.d (g, H: half the gradient and Hessian), restraints exact
+            predicted = f[idx] - (
+                f_data[idx]
+                + 2.0 * np.einsum("mi,mi->m", gradient[idx], taken)
+                + np.einsum("mi,mij,mj->m", taken, model, taken)
+                + _penalty_sum(trial, bounds, sigma)
             )
             accepted = gain > 0
             ok = idx[accepted]
-            # secant update of S on accepted steps: S s ~ y - J'J s
+            # secant update of S on accepted steps: S s ~ y - J'J s, from the data part's gradients
             s_ = taken[accepted]
             y_ = gradient_t[accepted] - gradient[ok]
             y_s = y_ - np.einsum("mij,mj->mi", gn_t[accepted], s_)
             secant[ok] = _dgw_update(secant[ok], s_, y_, y_s)
-            zoom[ok], f[ok], gn[ok], gradient[ok] = trial[accepted], f_t[accepted], gn_t[accepted], gradient_t[accepted]
+            zoom[ok], f[ok], f_data[ok] = trial[accepted], f_t[accepted], f_data_t[accepted]
+            gn[ok], gradient[ok] = gn_t[accepted], gradient_t[accepted]
             ratio = np.where(predicted > 0, gain / np.where(predicted > 0, predicted, 1.0), -1.0)
             damping[idx] = np.where(
                 ratio > 0.75,
@@ -539,14 +599,13 @@ class _AnisoZoomRefiner:
             )
             # as MINPACK's ftol: the objective cannot drop by more than a tiny fraction any more
             done = (
-                (accepted & (gain <= _LM_TOLERANCE * f[idx]))
-                | (np.abs(predicted) <= _LM_TOLERANCE * f[idx])
+                (accepted & (gain <= tolerance * f[idx]))
+                | (np.abs(predicted) <= tolerance * f[idx])
                 | (np.abs(taken).max(axis=1) < 1e-10)
                 | (damping[idx] > 1e10)
             )
             active[idx[done]] = False
-        a, _ = self.evaluate(entries, zoom, _TAYLOR_FINAL)
-        return zoom, a
+        return zoom, f
 
 
 def _solve3(system: np.ndarray, rhs: np.ndarray) -> np.ndarray:
@@ -576,24 +635,55 @@ def _dgw_update(secant: np.ndarray, s: np.ndarray, y: np.ndarray, y_s: np.ndarra
     return np.where(good[:, None, None], secant + update, 0.0)
 
 
-def _lm_state(a, jac, zoom, data: _Data, low, high, sigma):
-    """(objective, Gauss-Newton Hessian (m, 3, 3), gradient (m, 3)) of the scale-eliminated problem."""
+def _data_model(a, jac, data: _Data):
+    """(sum of squared data residuals, Gauss-Newton Hessian (m, 3, 3), gradient (m, 3)), the scale eliminated.
+
+    The Hessian and gradient are half those of the sum (J^T J and J^T r).
+    """
     ab = a @ data.b
     aa = (a * a).sum(1)
     good = aa > 0
     safe = np.where(good, aa, 1.0)
     s = np.where(good, ab / safe, 0.0)
     residual = s[:, None] * a - data.b
-    pen, slope = _penalty(zoom, low, high, sigma)
-    f = (residual * residual).sum(1) + data.outside + (pen * pen).sum(1)
+    f = (residual * residual).sum(1) + data.outside
     # variable projection: d(s a)/dz_k = s J_k + a ds/dz_k, ds/dz_k = (J_k.b - 2 s a.J_k) / |a|^2
     jb = jac @ data.b
     aj = np.einsum("mk,mjk->mj", a, jac)
     ds = np.where(good[:, None], (jb - 2.0 * s[:, None] * aj) / safe[:, None], 0.0)
     dres = s[:, None, None] * jac + ds[:, :, None] * a[:, None, :]
-    hessian = np.matmul(dres, dres.transpose(0, 2, 1)) + np.einsum("mi,ij->mij", slope * slope, np.eye(3))
-    gradient = np.einsum("mjk,mk->mj", dres, residual) + slope * pen
+    hessian = np.matmul(dres, dres.transpose(0, 2, 1))
+    gradient = np.einsum("mjk,mk->mj", dres, residual)
     return f, hessian, gradient
+
+
+def _penalty_sum(zoom: np.ndarray, bounds: tuple[float, float], sigma: float) -> np.ndarray:
+    """Sum over the zooms of the squared restraint residuals, (m,)."""
+    pen, _ = _penalty(zoom, bounds[0], bounds[1], sigma)
+    return (pen * pen).sum(axis=1)
+
+
+def _restrained_step(system, gradient, zoom, bounds, sigma, passes: int = 3) -> np.ndarray:
+    """Minimise 2 g.d + d.A.d + sum_k restraint_k(z_k + d_k)^2 over d, for (m, 3, 3) A.
+
+    The restraints are quadratic on each side of the window: guess which
+    zooms end up outside it, solve, and guess again from the step's end.
+    """
+    low, high = bounds
+    inv = 1.0 / sigma**2
+    outside = _penalty(zoom, low, high, sigma)[1] != 0  # start from the restraints active now
+    step = np.zeros_like(zoom)
+    for _ in range(passes):
+        target = np.where(zoom + step < low, low, high)
+        curvature = np.where(outside, inv, 0.0)
+        rhs = -(gradient + curvature * (zoom - target))
+        step = _solve3(system + curvature[:, :, None] * np.eye(3), rhs)
+        end = zoom + step
+        now_outside = (end < low) | (end > high)
+        if np.array_equal(now_outside, outside):
+            break
+        outside = now_outside
+    return step
 
 
 def _taylor_table(model: ClusterModel, params: PDFParameters, transform, left, code, j_lo, j_hi, order):
@@ -868,6 +958,8 @@ class MotifFitter:
         yy = float(y @ y)
         if yy == 0:
             raise InputError(f"The data are zero everywhere in the fit range {settings.rmin:g}-{settings.rmax:g} Å.")
+        if len(elements) < 2:
+            raise InputError(f"A starting model needs at least two atoms to have a PDF, not {len(elements)}.")
         params = settings.pdf_parameters()
         self.engine = MotifPDFEngine(elements, positions_angstrom, membership, r_fit, params, kernel_cache_size=2)
         self.elements = [str(e).strip() for e in elements]
@@ -929,8 +1021,12 @@ class MotifFitter:
         rwp = np.full(n, np.nan)
         params: list[dict | None] = [None] * n
         errors: list[str | None] = [None] * n
-        for start in range(0, n, _BLOCK):
-            block = masks[start : start + _BLOCK]
+        n_classes = max(
+            self._iso.n_active if self._iso is not None else 1, self._aniso.n_active if self._aniso is not None else 1
+        )
+        size = int(np.clip(_COUNTS_BUDGET // max(n_classes, 1), 16, _BLOCK))
+        for start in range(0, n, size):
+            block = masks[start : start + size]
             if self.path == "general":
                 results = self._fit_general(block)
             elif self._aniso is not None:
@@ -1004,7 +1100,9 @@ class MotifFitter:
         a = np.empty((block.shape[0], self.data.b.size))
         for start in range(0, block.shape[0], _LM_BLOCK):
             part = slice(start, start + _LM_BLOCK)
-            zoom[part], a[part] = aniso.refine(aniso.entries(counts[part]), zoom[part], self.data, self.settings)
+            # from the isotropic optimum, and from the start values as DiffPy's leastsq goes
+            starts = [zoom[part], np.full_like(zoom[part], self.settings.zoom_start)]
+            zoom[part], a[part] = aniso.refine(aniso.entries(counts[part]), starts, self.data, self.settings)
         return self._finish(a, norm, zoom)
 
     def _fit_general(self, block: np.ndarray) -> list[tuple]:
