@@ -350,3 +350,13 @@ def test_debye_sum_over_thousands_of_distinct_distances_matches_pair_by_pair_ker
     batched = engine.pdfs(np.ones(75, dtype=bool))[0]
     one = cluster_pdf(elements, positions, r, params)
     assert np.abs(batched - one).max() <= 1e-9 * np.abs(one).max()
+
+
+def test_no_pairs_in_reach_gives_zero_not_an_error():
+    from motex_db.pdf import MotifPDFEngine, PDFParameters, cluster_pdf
+
+    r = np.linspace(1, 5, 41)
+    assert not cluster_pdf(["W"], [[0, 0, 0]], r, PDFParameters()).any()
+    assert not cluster_pdf(["W", "W"], [[0, 0, 0], [50, 0, 0]], r, PDFParameters()).any()
+    engine = MotifPDFEngine(["W"], [[0, 0, 0]], np.ones((1, 1), bool), r, PDFParameters())
+    assert not engine.pdfs(np.ones((1, 1), bool)).any()

@@ -119,13 +119,12 @@ def group_pairs(
     the weighted means.
     """
     components = np.asarray(components, dtype=float)
-    cols = components.reshape(components.shape[0], -1)
-    keys = np.rint(cols / tol).astype(np.int64)
     n = code.size
+    if n == 0:  # no pairs at all (one atom, or every pair out of reach)
+        return PairClasses(code[:0], components[:0].copy(), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    cols = components.reshape(n, -1)
+    keys = np.rint(cols / tol).astype(np.int64)
     w = np.ones(n, dtype=np.int64) if weight is None else np.asarray(weight, dtype=np.int64)
-    if n == 0:
-        shape = (0,) if components.ndim == 1 else (0, cols.shape[1])
-        return PairClasses(code[:0], np.zeros(shape), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
     new = np.ones(n, dtype=bool)
     span = int(keys.max()) + 1
     if keys.shape[1] == 1 and int(code.max()) < (1 << 62) // span:
