@@ -22,7 +22,7 @@ import numpy as np
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from motex_db.db import transaction
+from motex_db.db import get_named, transaction
 from motex_db.errors import InputError
 from motex_db.models import Dataset
 from motex_db.structures import file_hash
@@ -237,17 +237,7 @@ def add_datasets(
 
 def get_dataset(session: Session, name: str) -> Dataset:
     """The dataset called ``name``, or a clear error listing the known ones."""
-    row = session.exec(select(Dataset).where(Dataset.name == name)).first()
-    if row is None:
-        known = session.exec(select(Dataset.name).order_by(Dataset.name)).all()
-        hint = f" (known: {', '.join(known)})" if known else " (none added yet: use data add)"
-        raise InputError(f"no dataset named '{name}'{hint}.")
-    return row
-
-
-def list_datasets(engine: Engine) -> list[Dataset]:
-    with Session(engine) as session:
-        return list(session.exec(select(Dataset).order_by(Dataset.series, Dataset.time, Dataset.id)).all())
+    return get_named(session, Dataset, name, "dataset", "data add")
 
 
 def write_gr(path: str | Path, r: np.ndarray, g: np.ndarray, header: dict, title: str) -> Path:

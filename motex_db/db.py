@@ -20,7 +20,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session
 
-from motex_db.errors import DatabaseError
+from motex_db.errors import DatabaseError, InputError
 
 DEFAULT_URL = "sqlite:///motex.db"
 URL_ENVIRONMENT_VARIABLE = "MOTEX_DB_URL"
@@ -185,3 +185,15 @@ def transaction(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+def get_named(session: Session, table, name: str, what: str, how_to_add: str):
+    """The row of ``table`` called ``name``, or an error naming the known ones and how to add one."""
+    from sqlmodel import select
+
+    row = session.exec(select(table).where(table.name == name)).first()
+    if row is None:
+        known = session.exec(select(table.name).order_by(table.name)).all()
+        hint = f" (known: {', '.join(known)})" if known else f" (none added yet: use {how_to_add})"
+        raise InputError(f"no {what} named '{name}'{hint}.")
+    return row

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from motex_db.catalogue import membership_matrix, unbonded_atoms
-from motex_db.db import transaction
+from motex_db.db import get_named, transaction
 from motex_db.errors import InputError
 from motex_db.models import AtomContribution, FitResult, Motif, StartingModel, TrainedModel
 
@@ -187,17 +187,7 @@ def add_starting_model(
 
 def get_starting_model(session: Session, name: str) -> StartingModel:
     """The starting model called ``name``, or a clear error listing the known ones."""
-    model = session.exec(select(StartingModel).where(StartingModel.name == name)).first()
-    if model is None:
-        known = session.exec(select(StartingModel.name).order_by(StartingModel.name)).all()
-        hint = f" (known: {', '.join(known)})" if known else " (none added yet: use structure add)"
-        raise InputError(f"no structure named '{name}'{hint}.")
-    return model
-
-
-def list_starting_models(engine: Engine) -> list[StartingModel]:
-    with Session(engine) as session:
-        return list(session.exec(select(StartingModel).order_by(StartingModel.id)).all())
+    return get_named(session, StartingModel, name, "structure", "structure add")
 
 
 def rename_starting_model(engine: Engine, old: str, new: str) -> StartingModel:
