@@ -367,18 +367,18 @@ def explain_model(
             extracted_id = session.exec(
                 select(Motif.id).where(Motif.starting_model_id == model.id).where(Motif.mask == extracted)
             ).one()
-        with Session(engine) as session:
-            result = session.exec(
-                select(FitResult).where(FitResult.motif_id == extracted_id)
-                .where(FitResult.dataset_id == data.id).where(FitResult.fit_config_id == config.id)
-            ).first()
-        if result is None and computable:
-            fit_motifs_now(engine, prepared, [extracted_id])
+
+        def stored_fit():
             with Session(engine) as session:
-                result = session.exec(
+                return session.exec(
                     select(FitResult).where(FitResult.motif_id == extracted_id)
                     .where(FitResult.dataset_id == data.id).where(FitResult.fit_config_id == config.id)
-                ).one()
+                ).first()
+
+        result = stored_fit()
+        if result is None and computable:
+            fit_motifs_now(engine, prepared, [extracted_id])
+            result = stored_fit()
         if result is not None:
             extracted_rwp, extracted_status = result.rwp, result.status
     best_rwp, best_id, _ = best_fit(engine, FitJob(model.id, data.id, config.id))

@@ -14,24 +14,9 @@ from motex_db.catalogue import membership_matrix
 from motex_db.errors import InputError
 from motex_db.fitting import ENGINE_VERSION, RECIPES, FitSettings, MotifFitter
 from motex_db.pdf import PDFParameters, cluster_pdf
-from support import KEGGIN, REFERENCE, requires_shared
+from support import KEGGIN, REFERENCE, oxide_particle, requires_shared
 
 # --------------------------------------------------------------------------- helpers
-
-
-def oxide_particle(n_metal: int = 8, a: float = 3.75):
-    """ReO3-type WO3 piece: the n_metal W nearest a point and every O bonded to them (file order W then O)."""
-    g = np.arange(-3, 4)
-    cells = np.stack(np.meshgrid(g, g, g, indexing="ij"), axis=-1).reshape(-1, 3).astype(float)
-    centre = np.array([0.3, 0.2, 0.1]) * a
-    metal = cells * a
-    metal = metal[np.argsort(np.linalg.norm(metal - centre, axis=1), kind="stable")[:n_metal]]
-    oxygen = np.concatenate([(cells + shift) * a for shift in np.eye(3) * 0.5])
-    bonded = oxygen[(np.linalg.norm(oxygen[:, None] - metal[None], axis=-1) < 2.6).any(axis=1)]
-    positions = np.concatenate([metal, bonded])
-    elements = ["W"] * n_metal + ["O"] * len(bonded)
-    membership = membership_matrix(positions, np.array([e == "W" for e in elements]), 2.6)
-    return elements, positions, membership
 
 
 def motif_atoms(elements, positions, membership, mask):

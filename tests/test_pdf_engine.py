@@ -12,6 +12,7 @@ from scipy.integrate import simpson
 
 from motex_db.errors import InputError
 from motex_db.pdf import MotifPDFEngine, PDFParameters, cluster_pdf
+from support import oxide_particle
 
 # --------------------------------------------------------------------------- clusters made here
 
@@ -26,22 +27,6 @@ def small_cluster(seed: int = 0, n: int = 9) -> tuple[list[str], np.ndarray]:
             positions.append(p)
     elements = ["W", "O", "O"] * (n // 3) + ["O"] * (n % 3)
     return elements, np.array(positions)
-
-
-def oxide_particle(n_metal: int = 10, a: float = 3.75) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """ReO3-type WO3 piece: the n_metal W nearest a point, every O bonded to them, and membership by bonds."""
-    g = np.arange(-3, 4)
-    cells = np.stack(np.meshgrid(g, g, g, indexing="ij"), axis=-1).reshape(-1, 3).astype(float)
-    centre = np.array([0.3, 0.2, 0.1]) * a
-    metal = cells * a
-    metal = metal[np.argsort(np.linalg.norm(metal - centre, axis=1), kind="stable")[:n_metal]]
-    oxygen = np.concatenate([(cells + shift) * a for shift in np.eye(3) * 0.5])
-    bonded = oxygen[(np.linalg.norm(oxygen[:, None] - metal[None], axis=-1) < 2.6).any(axis=1)]
-    positions = np.concatenate([metal, bonded])
-    elements = ["W"] * n_metal + ["O"] * len(bonded)
-    membership = np.linalg.norm(positions[:, None] - metal[None], axis=-1) < 2.6
-    membership[:n_metal] = np.eye(n_metal, dtype=bool)
-    return elements, positions, membership
 
 
 def uniform_grid(r_lo: float, r_hi: float, step: float = 0.01) -> np.ndarray:
@@ -246,7 +231,7 @@ def random_masks(n_motifs: int, n_permutable: int, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def particle():
-    return oxide_particle()
+    return oxide_particle(10)
 
 
 @pytest.mark.parametrize("calculator", ["real", "debye"])
