@@ -112,6 +112,65 @@ class Dataset(SQLModel, table=True):
     created_at: datetime = _created_at()
 
 
+class SeriesDecomposition(SQLModel, table=True):
+    """PCA, NMF and frame correlations of a time-resolved series over one r range."""
+
+    model_config = {"arbitrary_types_allowed": True}
+
+    __tablename__ = "series_decomposition"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    series: str = Field(index=True)
+    # hash of (frames' content hashes in time order, r range, components requested):
+    # running the same decomposition again finds this row
+    inputs_hash: str = Field(sa_column=sa.Column(sa.String(64), nullable=False, unique=True))
+    r_min: float
+    r_max: float
+    n_frames: int
+    # the frames' dataset ids, in time order (the rows and columns of `correlation`)
+    frame_ids: np.ndarray = _array_column()
+    components_requested: str
+    n_components: int
+    # PCA explained-variance ratio of every component (not only the kept ones)
+    explained_variance: np.ndarray = _array_column()
+    # Pearson correlation matrix of the frames over [r_min, r_max]
+    correlation: np.ndarray = _array_column()
+    # NMF ran on G(r) + shift, with shift = -min G over all frames (>= 0)
+    shift: float
+    # ||X - W H||_F / ||X||_F of the NMF on the shifted data
+    nmf_relative_error: float
+    created_at: datetime = _created_at()
+
+
+class SeriesComponent(SQLModel, table=True):
+    """One NMF component of a decomposition, stored as a derived dataset."""
+
+    __tablename__ = "series_component"
+    __table_args__ = (
+        sa.UniqueConstraint("decomposition_id", "component", name="uq_series_component"),
+    )
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    decomposition_id: int = _foreign_key("series_decomposition.id")
+    # 1-based
+    component: int
+    dataset_id: int = _foreign_key("dataset.id")
+
+
+class ComponentWeight(SQLModel, table=True):
+    """The weight of one NMF component in one frame."""
+
+    __tablename__ = "component_weight"
+    __table_args__ = (
+        sa.UniqueConstraint("series_component_id", "frame_dataset_id", name="uq_component_weight"),
+    )
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    series_component_id: int = _foreign_key("series_component.id")
+    frame_dataset_id: int = _foreign_key("dataset.id")
+    weight: float
+
+
 class Motif(SQLModel, table=True):
     """A subset of a starting model's permutable atoms."""
 
@@ -206,6 +265,8 @@ class TrainedModel(SQLModel, table=True):
     training_log: Optional[dict] = _json_column(nullable=True)
     # {"half": {"n_motifs", "sign_changes"}, "three_quarters": {...}}: do the contributions still move?
     convergence: Optional[dict] = _json_column(nullable=True)
+    # set when the model is one frame's model of `train --series`: the series name
+    series: Optional[str] = Field(default=None, index=True)
     created_at: datetime = _created_at()
 
 
