@@ -121,10 +121,22 @@ def fit_progress():
 def print_fit_summary(summary) -> None:
     if summary.retried:
         console.print(f"{summary.retried} failed fits were cleared to be tried again.")
-    if summary.fitted == 0:
+    if summary.fitted == 0 and summary.n_frames is not None:
+        console.print(
+            f"nothing to fit: all {summary.already_done} motif-frame pairs of '{summary.structure}' already have a "
+            f"result for series '{summary.dataset}' ({summary.n_frames} frames, {summary.recipe})."
+        )
+    elif summary.fitted == 0:
         console.print(
             f"nothing to fit: all {summary.already_done} motifs of '{summary.structure}' already have a result "
             f"for '{summary.dataset}' with fit config {summary.fit_config_id} ({summary.recipe})."
+        )
+    elif summary.n_frames is not None:
+        console.print(
+            f"fitted {summary.fitted} motif-frame pairs of '{summary.structure}' to series '{summary.dataset}' "
+            f"({summary.n_frames} frames, fit config {summary.fit_config_id}, {summary.recipe}) in {summary.seconds:.1f} s "
+            f"({summary.rate:,.0f} fits/s, {summary.workers} worker{'s' if summary.workers > 1 else ''}); "
+            f"{summary.failed} failed."
         )
     else:
         console.print(
@@ -134,8 +146,9 @@ def print_fit_summary(summary) -> None:
             f"{summary.failed} failed."
         )
     if summary.best_rwp is not None:
+        where = f" (frame '{summary.best_frame}')" if summary.best_frame else ""
         console.print(
-            f"best Rwp {summary.best_rwp:.4f}: motif {summary.best_motif_id} with {summary.best_motif_size} kept atoms."
+            f"best Rwp {summary.best_rwp:.4f}{where}: motif {summary.best_motif_id} with {summary.best_motif_size} kept atoms."
         )
 
 

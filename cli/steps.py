@@ -131,7 +131,8 @@ def _parse_pair(text: Optional[str], option: str) -> Optional[tuple[float, float
 def fit(
     ctx: typer.Context,
     structure: str = typer.Option(..., "--structure", help="Starting model whose catalogue is fitted."),
-    data: str = typer.Option(..., "--data", help="Dataset to fit against."),
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset to fit against."),
+    series: Optional[str] = typer.Option(None, "--series", help="Fit against every frame of this time-resolved series instead."),
     recipe: str = typer.Option("fast", "--recipe", help="fast (scale and one zoom) or mlmotex (scale and three zooms, the published recipe)."),
     calculator: Optional[str] = typer.Option(None, "--calculator", help="real (default) or debye."),
     radiation: Optional[str] = typer.Option(None, "--radiation", help="xray (default) or neutron."),
@@ -153,7 +154,7 @@ def fit(
     lease: float = typer.Option(300.0, "--lease", help="Seconds after which another worker may take over a claimed batch."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Motifs per claimed batch (default: adaptive, about a second of work)."),
 ) -> None:
-    """Fit every motif of a structure that has no result yet for this dataset and recipe."""
+    """Fit every motif of a structure that has no result yet for this dataset (or series frame) and recipe."""
     from motex_db.fitting.settings import FitSettings
     from motex_db.fitting.work import fit_catalogue
 
@@ -169,7 +170,7 @@ def fit(
     with output.fit_progress() as on_progress:
         summary = fit_catalogue(
             engine, structure, data, settings, workers=workers, retry_failed=retry_failed,
-            lease_seconds=lease, on_progress=on_progress, batch_size=batch_size,
+            lease_seconds=lease, on_progress=on_progress, batch_size=batch_size, series=series,
         )
     output.print_fit_summary(summary)
 

@@ -240,6 +240,17 @@ def get_dataset(session: Session, name: str) -> Dataset:
     return get_named(session, Dataset, name, "dataset", "data add")
 
 
+def get_series_frames(session: Session, name: str) -> list[Dataset]:
+    """The frames of series ``name`` in time order (frames without a time last, in the order added)."""
+    frames = list(session.exec(select(Dataset).where(Dataset.series == name)).all())
+    if not frames:
+        known = sorted(set(session.exec(select(Dataset.series).where(Dataset.series.is_not(None))).all()))
+        hint = f" (known: {', '.join(known)})" if known else " (none yet: add frames with data add --series NAME)"
+        raise InputError(f"no series named '{name}'{hint}.")
+    frames.sort(key=lambda d: (d.time is None, d.time if d.time is not None else 0.0, d.id))
+    return frames
+
+
 def write_gr(path: str | Path, r: np.ndarray, g: np.ndarray, header: dict, title: str) -> Path:
     """Write a PDF as a ``.gr`` file whose ``[PDF]`` header records ``header``.
 

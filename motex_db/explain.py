@@ -381,7 +381,7 @@ def explain_model(
             result = stored_fit()
         if result is not None:
             extracted_rwp, extracted_status = result.rwp, result.status
-    best_rwp, best_id, _ = best_fit(engine, FitJob(model.id, data.id, config.id))
+    best_rwp, best_id, _, _ = best_fit(engine, FitJob(model.id, (data.id,), config.id))
     return ExplainOutcome(
         trained_model_id=trained.id, created=not stored, structure=structure, dataset=dataset,
         fit_config_id=config.id, elements=perm_elements, contributions=frame, overall_confidence=overall,

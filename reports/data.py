@@ -28,7 +28,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 import motex_db
-from motex_db.datasets import get_dataset
+from motex_db.datasets import get_dataset, get_series_frames
 from motex_db.db import safe_url
 from motex_db.errors import InputError
 from motex_db.fitting.imported import IMPORT_RECIPE
@@ -185,11 +185,7 @@ def _check_names(session: Session, structures, datasets, series) -> None:
     for name in datasets or ():
         get_dataset(session, name)
     for name in series or ():
-        found = session.exec(select(Dataset.id).where(Dataset.series == name).limit(1)).first()
-        if found is None:
-            known = sorted({s for s in session.exec(select(Dataset.series).where(Dataset.series.is_not(None))).all()})
-            hint = f" (known: {', '.join(known)})" if known else " (none: add frames with data add --series NAME)"
-            raise InputError(f"no series named '{name}'{hint}.")
+        get_series_frames(session, name)
 
 
 def _fit_counts(session: Session) -> pd.DataFrame:
@@ -331,9 +327,7 @@ def _run(session: Session, structure: StartingModel, dataset: Dataset, counts: p
 
 
 def _series(session: Session, name: str, structures: list[StartingModel], counts: pd.DataFrame, latest: dict) -> Series:
-    datasets = list(session.exec(select(Dataset).where(Dataset.series == name)).all())
-    # frames without a time go last, in the order they were added
-    datasets.sort(key=lambda d: (d.time is None, d.time if d.time is not None else 0.0, d.id))
+    datasets = get_series_frames(session, name)
     frames: dict[str, list[SeriesFrame]] = {}
     used: dict[str, StartingModel] = {}
     model_ids: list[int] = []

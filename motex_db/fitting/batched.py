@@ -21,6 +21,10 @@ Three ways to minimise it, chosen from the settings:
   product gives every motif's Chebyshev coefficients; the objective on a fine
   zoom grid finds the global minimum's basin, and safeguarded Newton steps
   on the interpolant find the minimum, for all motifs at once.
+  Only <a, b> depends on the data: for a time series (many frames on one r
+  grid) the motifs' coefficients, their Gram matrices and |a|^2 on the grid
+  are computed once per block of motifs and every frame costs a few small
+  products (:meth:`MotifFitter.fit_frames`).
 - **three zooms** (the ``mlmotex`` recipe): a batched Levenberg-Marquardt on
   (zx, zy, zz) with the scale eliminated (variable projection), a secant
   correction for the large residuals and the restraints modelled exactly,
@@ -211,7 +215,7 @@ class _Data:
 
 
 class _IsoZoomSearch:
-    """Global minimisation over one isotropic zoom of |s a(z) - b|^2 + penalty, s eliminated, for many motifs.
+    """Global minimisation over one isotropic zoom of |s a(z) - b|^2 + penalty, s eliminated, for many motifs and frames.
 
     At construction: each class's kernel (in the basis) at Chebyshev nodes of
     the zoom window, turned into Chebyshev coefficients (panels of the window
@@ -219,14 +223,12 @@ class _IsoZoomSearch:
     every motif's a(z) as a Chebyshev series; <a, b> and |a|^2 (through the
     series' Gram matrix) give the objective on a fine zoom grid, and Newton
     steps on the series polish the best grid point. With ``window`` None the
-    zoom is fixed at the start value and a is evaluated there.
+    zoom is fixed at the start value and a is evaluated there. Everything but
+    <a, b> is the same for every frame (data) and computed once per block.
     """
 
-    def __init__(
-        self, engine: MotifPDFEngine, data: _Data, settings: FitSettings, window: tuple[float, float] | None
-    ):
+    def __init__(self, engine: MotifPDFEngine, settings: FitSettings, window: tuple[float, float] | None):
         self.engine = engine
-        self.data = data
         self.low, self.high = settings.zoom_bounds
         self.sigma = settings.zoom_sigma
         left, _ = engine.projection_factors()
@@ -265,32 +267,38 @@ class _IsoZoomSearch:
         self.n_nodes = n_nodes
         self.coefficient_kernel = kernel.reshape(self.n_active, n_panels * n_nodes * self.k)
 
-    def search(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(zoom, a, objective) per motif at the global optimum; a is (m, k), unnormalised."""
+    def search(self, counts: np.ndarray, frames: Sequence[_Data]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per frame, (zoom, a, objective) per motif at the global optimum; a is (m, k), unnormalised."""
         m = counts.shape[0]
-        data = self.data
         if self.fixed is not None:
             a = counts @ self.kernel
+            aa = (a * a).sum(1)
             zoom = np.full(m, self.fixed)
             pen, _ = _penalty(zoom, self.low, self.high, self.sigma)
-            return zoom, a, data.yy - _explained(a @ data.b, (a * a).sum(1)) + pen**2
+            return [(zoom, a, data.yy - _explained(a @ data.b, aa) + pen**2) for data in frames]
         n, k = self.n_nodes, self.k
         coefficients = (counts @ self.coefficient_kernel).reshape(m, len(self.panels), n, k)
+        shared = []
+        for p, (mid, half, x_grid, vander) in enumerate(self.panels):
+            c = coefficients[:, p]
+            gram = np.matmul(c, c.transpose(0, 2, 1))  # (m, n, n): of |a|^2
+            aa = np.einsum("gi,mij,gj->mg", vander, gram, vander, optimize=True)
+            pen, _ = _penalty(mid + half * x_grid, self.low, self.high, self.sigma)
+            shared.append((gram, aa, pen**2))
+        return [self._search_frame(coefficients, shared, data) for data in frames]
+
+    def _search_frame(self, coefficients, shared, data: _Data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        m, n, k = coefficients.shape[0], self.n_nodes, self.k
         best_f = np.full(m, np.inf)
         best_panel = np.zeros(m, dtype=np.int64)
         best_x = np.zeros(m)
         step = np.zeros(m)
-        projections, grams = [], []
-        for p, (mid, half, x_grid, vander) in enumerate(self.panels):
-            c = coefficients[:, p]
-            proj = c @ data.b  # (m, n): coefficients of <a, b>
-            gram = np.matmul(c, c.transpose(0, 2, 1))  # (m, n, n): of |a|^2
+        projections = []
+        for p, ((mid, half, x_grid, vander), (_, aa, pen2)) in enumerate(zip(self.panels, shared)):
+            proj = coefficients[:, p] @ data.b  # (m, n): coefficients of <a, b>
             projections.append(proj)
-            grams.append(gram)
             ab = proj @ vander.T  # (m, g)
-            aa = np.einsum("gi,mij,gj->mg", vander, gram, vander, optimize=True)
-            pen, _ = _penalty(mid + half * x_grid, self.low, self.high, self.sigma)
-            f = data.yy - _explained(ab, aa) + pen**2
+            f = data.yy - _explained(ab, aa) + pen2
             g = np.argmin(f, axis=1)
             f_g = f[np.arange(m), g]
             better = f_g < best_f
@@ -305,23 +313,22 @@ class _IsoZoomSearch:
             rows = np.flatnonzero(best_panel == p)
             if rows.size == 0:
                 continue
-            x, f = self._newton(
-                best_x[rows], step[rows], best_f[rows], projections[p][rows], grams[p][rows], mid, half
-            )
+            gram = shared[p][0][rows]
+            x, f = self._newton(best_x[rows], step[rows], best_f[rows], projections[p][rows], gram, mid, half, data)
             t, _, _ = _chebyshev_basis(x, n)
             zoom[rows] = mid + half * x
             f_out[rows] = f
             a[rows] = np.einsum("mj,mjk->mk", t, coefficients[rows, p])
         return zoom, a, f_out
 
-    def _objective(self, x, proj, gram, mid, half, derivatives=True):
+    def _objective(self, x, proj, gram, mid, half, data: _Data, derivatives=True):
         """Objective at x in [-1, 1] of a panel, and (optionally) its first two derivatives in x."""
         t, d1, d2 = _chebyshev_basis(x, self.n_nodes)
         ab = (t * proj).sum(1)
         gt = np.einsum("mij,mj->mi", gram, t)
         aa = (t * gt).sum(1)
         pen, slope = _penalty(mid + half * x, self.low, self.high, self.sigma)
-        f = self.data.yy - _explained(ab, aa) + pen**2
+        f = data.yy - _explained(ab, aa) + pen**2
         if not derivatives:
             return f, None, None
         ab1, ab2 = (d1 * proj).sum(1), (d2 * proj).sum(1)
@@ -343,7 +350,7 @@ class _IsoZoomSearch:
         f2 = -np.where(good, g2, 0.0) + 2.0 * dz * dz
         return f, f1, f2
 
-    def _newton(self, x0, step, f0, proj, gram, mid, half):
+    def _newton(self, x0, step, f0, proj, gram, mid, half, data: _Data):
         """Safeguarded Newton on the interpolant within [x0 - step, x0 + step].
 
         Returns the best point seen (never worse than x0) and its objective.
@@ -358,7 +365,7 @@ class _IsoZoomSearch:
             if idx.size == 0:
                 break
             xi = x[idx]
-            f, f1, f2 = self._objective(xi, proj[idx], gram[idx], mid, half)
+            f, f1, f2 = self._objective(xi, proj[idx], gram[idx], mid, half, data)
             better = f < best_f[idx]
             best_x[idx[better]], best_f[idx[better]] = xi[better], f[better]
             # the slope's sign says on which side of x the minimum lies: shrink the bracket
@@ -371,7 +378,7 @@ class _IsoZoomSearch:
             new = np.where(f1 == 0, xi, np.where(inside, newton, 0.5 * (lo[idx] + hi[idx])))
             x[idx] = new
             active[idx] = (np.abs(new - xi) > 1e-14) & (hi[idx] - lo[idx] > 1e-14)
-        f, _, _ = self._objective(x, proj, gram, mid, half, derivatives=False)
+        f, _, _ = self._objective(x, proj, gram, mid, half, data, derivatives=False)
         better = f < best_f
         best_x[better], best_f[better] = x[better], f[better]
         return best_x, best_f
@@ -912,11 +919,13 @@ class _GeneralFit:
 
 
 class MotifFitter:
-    """Fits motifs (masks) of one starting model to one dataset with one set of (resolved) settings.
+    """Fits motifs (masks) of one starting model to one dataset, or to the frames of a series, with one set of (resolved) settings.
 
     - ``elements``, ``positions_angstrom``: the starting model's atoms (Å).
     - ``membership``: (n_atoms, N) bool, as from :func:`motex_db.catalogue.membership_matrix`.
     - ``r_obs`` (Å), ``g_obs`` (Å^-2): the data; only points with rmin <= r <= rmax are used.
+      ``g_obs`` may be (n_frames, n_points): frames of a series on one r grid, fitted
+      together by :meth:`fit_frames` (what does not depend on the data is computed once).
     - ``settings``: :class:`FitSettings` already resolved against the data.
 
     Building the fitter does the work shared by every motif (pair classes,
@@ -944,7 +953,8 @@ class MotifFitter:
             g = np.asarray(g_obs, dtype=float)
         except (TypeError, ValueError):
             raise InputError("The data r and G must be numbers.") from None
-        if r.ndim != 1 or r.shape != g.shape:
+        frames = g if g.ndim == 2 else g[None, :]
+        if r.ndim != 1 or g.ndim not in (1, 2) or frames.shape[1:] != r.shape or frames.shape[0] == 0:
             raise InputError(f"The data r and G must be 1-D arrays of one length, not shapes {r.shape} and {g.shape}.")
         if not (np.all(np.isfinite(r)) and np.all(np.isfinite(g))):
             raise InputError("The data r and G must be finite numbers.")
@@ -954,9 +964,8 @@ class MotifFitter:
                 f"Only {int(inside.sum())} data points lie in the fit range {settings.rmin:g}-{settings.rmax:g} Å; "
                 f"at least {_MIN_POINTS} are needed."
             )
-        r_fit, y = r[inside], g[inside]
-        yy = float(y @ y)
-        if yy == 0:
+        r_fit, ys = r[inside], frames[:, inside]
+        if np.any(np.einsum("fr,fr->f", ys, ys) == 0):
             raise InputError(f"The data are zero everywhere in the fit range {settings.rmin:g}-{settings.rmax:g} Å.")
         if len(elements) < 2:
             raise InputError(f"A starting model needs at least two atoms to have a PDF, not {len(elements)}.")
@@ -981,15 +990,20 @@ class MotifFitter:
                 f"The start delta2 ({settings.delta2:g} Å^2) lies outside delta2_bounds {settings.delta2_bounds}."
             )
         _, right = self.engine.projection_factors()
-        b = right @ y
-        self.data = _Data(r_fit, y, b, yy, max(yy - float(b @ b), 0.0))
+        self.frames = []
+        for y in ys:
+            b = right @ y
+            yy = float(y @ y)
+            self.frames.append(_Data(r_fit, y, b, yy, max(yy - float(b @ b), 0.0)))
+        self.data = self.frames[0]
 
         free = set(settings.free)
         self.zoom_mode = settings.zoom_mode
         zoom_free = bool(free & {"zoom", "zoom3"})
         if zoom_free:
             # beyond sigma * |G_obs| outside the restraint window the penalty alone exceeds sum G_obs^2
-            reach = settings.zoom_sigma * self.data.norm * (1.0 + 1e-6) + 1e-9
+            # (of every frame: one window serves them all)
+            reach = settings.zoom_sigma * max(d.norm for d in self.frames) * (1.0 + 1e-6) + 1e-9
             low, high = settings.zoom_bounds
             self.window = (max(low - reach, low / 1.5), min(high + reach, 1.5 * high))
         else:
@@ -1001,26 +1015,32 @@ class MotifFitter:
         )
         self._iso = None
         if settings.calculator == "real" and (self.path == "batched" or zoom_free):
-            self._iso = _IsoZoomSearch(self.engine, self.data, settings, self.window)
+            self._iso = _IsoZoomSearch(self.engine, settings, self.window)
         self._aniso = None
         if self.path == "batched" and self.zoom_mode == "xyz":
             self._aniso = _AnisoZoomRefiner(self.engine, params, self.elements, self.window)
         self._general = None
         if self.path == "general":
-            self._general = _GeneralFit(settings, self.elements, self.window, self.data)
+            self._general = [_GeneralFit(settings, self.elements, self.window, data) for data in self.frames]
             # classes that can reach the fit range at the smallest zoom tried (real calculator)
             self._n_reach = self.engine.n_active(self.window[0] if self.window else settings.zoom_start)
 
     # ------------------------------------------------------------------ fitting
 
     def fit(self, masks: ArrayLike) -> FitBatch:
-        """Fit every mask ((n, N) 0/1; a 1-D mask is one motif); failures are per motif, never for the batch."""
+        """Fit every mask ((n, N) 0/1; a 1-D mask is one motif) to the one dataset; failures are per motif, never for the batch."""
+        if len(self.frames) != 1:
+            raise InputError(f"This fitter holds {len(self.frames)} frames: use fit_frames.")
+        return self.fit_frames(masks)[0]
+
+    def fit_frames(self, masks: ArrayLike) -> list[FitBatch]:
+        """Fit every mask to every frame: one :class:`FitBatch` per frame, in frame order."""
         started = time.perf_counter()
         masks = self._check_masks(masks)
-        n = masks.shape[0]
-        rwp = np.full(n, np.nan)
-        params: list[dict | None] = [None] * n
-        errors: list[str | None] = [None] * n
+        n, n_frames = masks.shape[0], len(self.frames)
+        rwp = np.full((n_frames, n), np.nan)
+        params: list[list[dict | None]] = [[None] * n for _ in range(n_frames)]
+        errors: list[list[str | None]] = [[None] * n for _ in range(n_frames)]
         n_classes = max(
             self._iso.n_active if self._iso is not None else 1, self._aniso.n_active if self._aniso is not None else 1
         )
@@ -1028,19 +1048,23 @@ class MotifFitter:
         for start in range(0, n, size):
             block = masks[start : start + size]
             if self.path == "general":
-                results = self._fit_general(block)
+                per_frame = self._fit_general(block)
             elif self._aniso is not None:
-                results = self._fit_xyz(block)
+                per_frame = self._fit_xyz(block)
             else:
-                results = self._fit_iso(block)
-            for offset, (value, values, error) in enumerate(results):
-                rwp[start + offset] = value
-                params[start + offset] = values
-                errors[start + offset] = error
-        ok = np.array([e is None for e in errors], dtype=bool)
-        rwp[~ok] = np.nan
-        seconds = np.full(n, (time.perf_counter() - started) / n if n else 0.0)
-        return FitBatch(rwp=rwp, ok=ok, params=params, errors=errors, seconds=seconds)
+                per_frame = self._fit_iso(block)
+            for f, results in enumerate(per_frame):
+                for offset, (value, values, error) in enumerate(results):
+                    rwp[f, start + offset] = value
+                    params[f][start + offset] = values
+                    errors[f][start + offset] = error
+        seconds = (time.perf_counter() - started) / (n * n_frames) if n else 0.0
+        batches = []
+        for f in range(n_frames):
+            ok = np.array([e is None for e in errors[f]], dtype=bool)
+            rwp[f, ~ok] = np.nan
+            batches.append(FitBatch(rwp=rwp[f], ok=ok, params=params[f], errors=errors[f], seconds=np.full(n, seconds)))
+        return batches
 
     def _check_masks(self, masks: ArrayLike) -> np.ndarray:
         masks = np.asarray(masks)
@@ -1055,12 +1079,11 @@ class MotifFitter:
             masks = masks.astype(bool)
         return masks
 
-    def _finish(self, a: np.ndarray, norm: np.ndarray, zoom: np.ndarray) -> list[tuple]:
+    def _finish(self, a: np.ndarray, norm: np.ndarray, zoom: np.ndarray, data: _Data) -> list[tuple]:
         """Best scale, Rwp and values from coefficients a (m, k) at the final zoom(s) (m,) or (m, 3).
 
         ``norm`` is the engine's normalisation N <f>^2 per motif: G = a / N in the basis.
         """
-        data = self.data
         ab = a @ data.b
         aa = (a * a).sum(1)
         good = (aa > 0) & np.isfinite(norm)
@@ -1084,37 +1107,49 @@ class MotifFitter:
                 out.append((float(rwp[i]), values, None))
         return out
 
-    def _fit_iso(self, block: np.ndarray) -> list[tuple]:
+    # Each returns, per frame, one (rwp, values, error) per motif of the block.
+
+    def _fit_iso(self, block: np.ndarray) -> list[list[tuple]]:
         iso = self._iso
         counts = self.engine.class_counts(block, 1.0, iso.n_active)
         norm = self.engine.normalisation(block)[:, 0]
-        zoom, a, _ = iso.search(counts)
-        return self._finish(a, norm, zoom)
+        found = iso.search(counts, self.frames)
+        return [self._finish(a, norm, zoom, data) for (zoom, a, _), data in zip(found, self.frames)]
 
-    def _fit_xyz(self, block: np.ndarray) -> list[tuple]:
+    def _fit_xyz(self, block: np.ndarray) -> list[list[tuple]]:
         aniso, iso = self._aniso, self._iso
         counts = self.engine.class_counts(block, aniso.probe, aniso.n_active)
         norm = self.engine.normalisation(block)[:, 0]
-        z0, _, _ = iso.search(aniso.iso_counts(counts, iso.n_active))
-        zoom = np.repeat(z0[:, None], 3, axis=1)
-        a = np.empty((block.shape[0], self.data.b.size))
-        for start in range(0, block.shape[0], _LM_BLOCK):
-            part = slice(start, start + _LM_BLOCK)
-            # from the isotropic optimum, and from the start values as DiffPy's leastsq goes
-            starts = [zoom[part], np.full_like(zoom[part], self.settings.zoom_start)]
-            zoom[part], a[part] = aniso.refine(aniso.entries(counts[part]), starts, self.data, self.settings)
-        return self._finish(a, norm, zoom)
+        found = iso.search(aniso.iso_counts(counts, iso.n_active), self.frames)
+        entries = [aniso.entries(counts[start : start + _LM_BLOCK]) for start in range(0, block.shape[0], _LM_BLOCK)]
+        out = []
+        for (z0, _, _), data in zip(found, self.frames):
+            zoom = np.repeat(z0[:, None], 3, axis=1)
+            a = np.empty((block.shape[0], data.b.size))
+            for part_entries, start in zip(entries, range(0, block.shape[0], _LM_BLOCK)):
+                part = slice(start, start + _LM_BLOCK)
+                # from the isotropic optimum, and from the start values as DiffPy's leastsq goes
+                starts = [zoom[part], np.full_like(zoom[part], self.settings.zoom_start)]
+                zoom[part], a[part] = aniso.refine(part_entries, starts, data, self.settings)
+            out.append(self._finish(a, norm, zoom, data))
+        return out
 
-    def _fit_general(self, block: np.ndarray) -> list[tuple]:
+    def _fit_general(self, block: np.ndarray) -> list[list[tuple]]:
         presence = self.engine.presence(block)
-        zoom_start = None
+        zoom_starts = [None] * len(self.frames)
         reachable = np.ones(block.shape[0], dtype=bool)
         if self.settings.calculator == "real":
             # pairs whose peaks cannot reach the fit range at any zoom tried give G = 0 here
             counts = self.engine.class_counts(block, 1.0, self._n_reach)
             reachable = counts.any(axis=1)
             if self._iso is not None:
-                zoom_start, _, _ = self._iso.search(counts[:, : self._iso.n_active])
+                zoom_starts = [z for z, _, _ in self._iso.search(counts[:, : self._iso.n_active], self.frames)]
+        return [
+            self._fit_general_frame(block, presence, reachable, general, zoom_start)
+            for general, zoom_start in zip(self._general, zoom_starts)
+        ]
+
+    def _fit_general_frame(self, block, presence, reachable, general: _GeneralFit, zoom_start) -> list[tuple]:
         out = []
         for i in range(block.shape[0]):
             atoms = np.flatnonzero(presence[i])
@@ -1123,7 +1158,7 @@ class MotifFitter:
                 continue
             elements = [self.elements[a] for a in atoms]
             try:
-                rwp, values = self._general.fit(
+                rwp, values = general.fit(
                     elements, self.positions[atoms], None if zoom_start is None else float(zoom_start[i])
                 )
             except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:

@@ -13,7 +13,14 @@ share a study:
 3. In one transaction it inserts the results and deletes its claims.
 
 A worker killed at any moment leaves at most its claims behind, never a half
-written result. Claims expire after ``lease_seconds``; claims of a process on
+written result.
+
+A time series is fitted as one job over its frames (those that share an r grid
+and resolved settings): a worker claims a motif for every frame with one claim
+row on the first frame, fits it to all frames at once (the motif's calculated
+PDFs are shared, see :meth:`MotifFitter.fit_frames`) and writes one result row
+per frame, in bulk. A motif counts as unfinished while any frame lacks its
+result; frames that already have one keep it. Claims expire after ``lease_seconds``; claims of a process on
 this host that no longer exists are released at once, so a run restarted after
 kill -9 on the same machine goes on immediately.
 """
@@ -26,6 +33,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
+from collections.abc import Sequence
 from typing import Callable, Optional
 
 import numpy as np
@@ -35,7 +43,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from motex_db.catalogue import masks_from_text, membership_matrix
-from motex_db.datasets import get_dataset
+from motex_db.datasets import get_dataset, get_series_frames
 from motex_db.db import is_sqlite, transaction
 from motex_db.errors import InputError
 from motex_db.fitting.settings import ENGINE_VERSION, FitSettings
@@ -106,7 +114,7 @@ def get_or_create_fit_config(engine: Engine, settings: FitSettings) -> FitConfig
 class FitProgress:
     """Where a fit run stands; passed to ``on_progress`` after every batch."""
 
-    total: int  # motifs without a result when the run started
+    total: int  # fits (motif x dataset) without a result when the run started
     done: int = 0  # results this process wrote (ok + failed)
     failed: int = 0
     elapsed: float = 0.0
@@ -132,6 +140,8 @@ class FitSummary:
     retried: int = 0
     workers: int = 1
     peak_memory_mb: Optional[float] = None
+    n_frames: Optional[int] = None  # a series fit: the frames fitted
+    best_frame: Optional[str] = None  # a series fit: the frame of the best Rwp
     extra: dict = field(default_factory=dict)
 
     @property
@@ -144,23 +154,38 @@ class FitSummary:
 
 @dataclass(frozen=True)
 class FitJob:
-    """What to fit: a starting model's catalogue against one dataset with one configuration."""
+    """What to fit: a starting model's catalogue against datasets with one configuration.
+
+    ``dataset_ids`` is one dataset, or the frames of a series (one r grid, one
+    configuration), in time order.
+    """
 
     starting_model_id: int
-    dataset_id: int
+    dataset_ids: tuple[int, ...]
     fit_config_id: int
+
+    @property
+    def dataset_id(self) -> int:
+        """The dataset the job's claims are written against: its first frame."""
+        return self.dataset_ids[0]
 
 
 def _unfinished(job: FitJob):
-    """Motifs of the job's starting model without a result for its dataset and configuration."""
-    has_result = (
+    """Motifs of the job's starting model that lack a result for one of its datasets (with its configuration)."""
+    results = (
         select(FitResult.id)
         .where(FitResult.motif_id == Motif.id)
-        .where(FitResult.dataset_id == job.dataset_id)
         .where(FitResult.fit_config_id == job.fit_config_id)
-        .exists()
     )
-    return select(Motif.id).where(Motif.starting_model_id == job.starting_model_id).where(~has_result)
+    motifs = select(Motif.id).where(Motif.starting_model_id == job.starting_model_id)
+    if len(job.dataset_ids) == 1:
+        return motifs.where(~results.where(FitResult.dataset_id == job.dataset_id).exists())
+    n_results = (
+        results.with_only_columns(sa.func.count(FitResult.id))
+        .where(FitResult.dataset_id.in_(job.dataset_ids))
+        .scalar_subquery()
+    )
+    return motifs.where(n_results < len(job.dataset_ids))
 
 
 def count_unfinished(engine: Engine, job: FitJob) -> int:
@@ -212,25 +237,15 @@ def claim_batch(engine: Engine, job: FitJob, worker: str, size: int, lease_secon
         return [(m, masks[m]) for m in candidates if m in won]
 
 
-def write_results(engine: Engine, job: FitJob, worker: str, motif_ids: list[int], batch) -> int:
-    """Store a fitted batch and drop its claims, in one transaction; returns the rows written."""
+def write_results(engine: Engine, job: FitJob, worker: str, motif_ids: list[int], batches: Sequence) -> int:
+    """Store fitted batches (one per dataset of the job) and drop their claims, in one transaction; returns the rows.
+
+    Rows that exist already (another worker's, or a frame fitted before) are kept.
+    """
     now = utcnow()
     rows = []
-    for index, motif_id in enumerate(motif_ids):
-        ok = bool(batch.ok[index])
-        rows.append(
-            {
-                "motif_id": motif_id,
-                "dataset_id": job.dataset_id,
-                "fit_config_id": job.fit_config_id,
-                "status": "ok" if ok else "failed",
-                "rwp": float(batch.rwp[index]) if ok else None,
-                "params": batch.params[index] if ok else None,
-                "error": None if ok else (batch.errors[index] or "the fit failed"),
-                "seconds": float(batch.seconds[index]),
-                "created_at": now,
-            }
-        )
+    for dataset_id, batch in zip(job.dataset_ids, batches, strict=True):
+        rows.extend(_result_rows(job, dataset_id, motif_ids, batch, now))
     with transaction(engine) as session:
         # a claim that expired may have been fitted by another worker meanwhile: keep theirs
         statement = _insert(session, FitResult.__table__).on_conflict_do_nothing(
@@ -245,6 +260,26 @@ def write_results(engine: Engine, job: FitJob, worker: str, motif_ids: list[int]
             .where(FitClaim.motif_id.in_(motif_ids))
         )
     return len(rows)
+
+
+def _result_rows(job: FitJob, dataset_id: int, motif_ids: list[int], batch, now) -> list[dict]:
+    rows = []
+    for index, motif_id in enumerate(motif_ids):
+        ok = bool(batch.ok[index])
+        rows.append(
+            {
+                "motif_id": motif_id,
+                "dataset_id": dataset_id,
+                "fit_config_id": job.fit_config_id,
+                "status": "ok" if ok else "failed",
+                "rwp": float(batch.rwp[index]) if ok else None,
+                "params": batch.params[index] if ok else None,
+                "error": None if ok else (batch.errors[index] or "the fit failed"),
+                "seconds": float(batch.seconds[index]),
+                "created_at": now,
+            }
+        )
+    return rows
 
 
 def live_claims_of_others(engine: Engine, job: FitJob, worker: str) -> int:
@@ -268,37 +303,69 @@ class PreparedFit:
     job: FitJob
     settings: FitSettings
     structure: str
-    dataset: str
     model: StartingModel
-    data: Dataset
+    frames: list[Dataset]  # one dataset, or the frames of a series sharing an r grid and settings
+
+    @property
+    def dataset(self) -> str:
+        return self.frames[0].name
 
     def fitter(self):
         from motex_db.fitting.batched import MotifFitter
 
         flags = permutable_flags(self.model.elements, self.model.permutable_elements)
         membership = membership_matrix(self.model.positions, flags, self.model.bond_cutoff)
-        return MotifFitter(self.model.elements, self.model.positions, membership, self.data.r, self.data.g, self.settings)
+        g = np.stack([frame.g for frame in self.frames]) if len(self.frames) > 1 else self.frames[0].g
+        return MotifFitter(self.model.elements, self.model.positions, membership, self.frames[0].r, g, self.settings)
+
+    def fit(self, fitter, masks) -> list:
+        """One FitBatch per frame."""
+        return fitter.fit_frames(masks)
 
 
-def prepare_fit(engine: Engine, structure: str, dataset: str, settings: FitSettings) -> PreparedFit:
-    """Look up the structure and dataset, resolve the settings against the data, get the config row."""
-    with Session(engine) as session:
-        model = get_starting_model(session, structure)
-        data = get_dataset(session, dataset)
-    settings = settings.resolved(data.meta or {})
+def _check_range(settings: FitSettings, data: Dataset) -> None:
     if settings.rmax <= data.r_min or settings.rmin >= data.r_max:
         raise InputError(
-            f"the fit range {settings.rmin:g}-{settings.rmax:g} Å lies outside dataset '{dataset}' "
+            f"the fit range {settings.rmin:g}-{settings.rmax:g} Å lies outside dataset '{data.name}' "
             f"(r {data.r_min:g}-{data.r_max:g} Å)."
         )
+
+
+def _prepare(engine: Engine, structure: str, frames: list[Dataset], settings: FitSettings) -> list[PreparedFit]:
+    """Resolve the settings per frame; frames with equal settings and r grids become one job each."""
     with Session(engine) as session:
+        model = get_starting_model(session, structure)
         n_motifs = session.exec(
             select(sa.func.count()).select_from(Motif).where(Motif.starting_model_id == model.id)
         ).one()
     if n_motifs == 0:
         raise InputError(f"structure '{structure}' has no motifs yet: run motex-db sample first.")
-    config = get_or_create_fit_config(engine, settings)
-    return PreparedFit(FitJob(model.id, data.id, config.id), settings, structure, dataset, model, data)
+    groups: dict[tuple, tuple[FitSettings, list[Dataset]]] = {}
+    for data in frames:
+        resolved = settings.resolved(data.meta or {})
+        _check_range(resolved, data)
+        key = (resolved.content_hash(), data.r.size, data.r.tobytes())
+        groups.setdefault(key, (resolved, []))[1].append(data)
+    prepared = []
+    for resolved, members in groups.values():
+        config = get_or_create_fit_config(engine, resolved)
+        job = FitJob(model.id, tuple(d.id for d in members), config.id)
+        prepared.append(PreparedFit(job, resolved, structure, model, members))
+    return prepared
+
+
+def prepare_fit(engine: Engine, structure: str, dataset: str, settings: FitSettings) -> PreparedFit:
+    """Look up the structure and dataset, resolve the settings against the data, get the config row."""
+    with Session(engine) as session:
+        data = get_dataset(session, dataset)
+    return _prepare(engine, structure, [data], settings)[0]
+
+
+def prepare_series_fit(engine: Engine, structure: str, series: str, settings: FitSettings) -> list[PreparedFit]:
+    """The jobs that fit a structure's catalogue to every frame of a series (usually one)."""
+    with Session(engine) as session:
+        frames = get_series_frames(session, series)
+    return _prepare(engine, structure, frames, settings)
 
 
 def delete_failed(engine: Engine, job: FitJob) -> int:
@@ -307,7 +374,7 @@ def delete_failed(engine: Engine, job: FitJob) -> int:
         motifs = select(Motif.id).where(Motif.starting_model_id == job.starting_model_id)
         return session.execute(
             sa.delete(FitResult)
-            .where(FitResult.dataset_id == job.dataset_id)
+            .where(FitResult.dataset_id.in_(job.dataset_ids))
             .where(FitResult.fit_config_id == job.fit_config_id)
             .where(FitResult.status == "failed")
             .where(FitResult.motif_id.in_(motifs))
@@ -322,15 +389,17 @@ def run_worker(
     batch_size: Optional[int] = None,
     poll_seconds: float = 1.0,
 ) -> tuple[int, int]:
-    """Claim, fit and store batches until no motif is left without a result; returns (done, failed).
+    """Claim, fit and store batches until no motif is left without a result; returns (fits, failed).
 
+    A fit is one motif against one dataset (a series job: against each frame).
     When the only motifs left are claimed by other live workers, it waits for
     them (their results, or their leases running out) instead of leaving work
     behind a worker that may have died.
     """
     worker = worker_id()
     fitter = prepared.fitter()
-    size = batch_size or FIRST_BATCH
+    n_frames = len(prepared.job.dataset_ids)
+    size = batch_size or max(16, FIRST_BATCH // n_frames)
     done = failed = 0
     while True:
         claimed = claim_batch(engine, prepared.job, worker, size, lease_seconds)
@@ -342,43 +411,42 @@ def run_worker(
         ids = [m for m, _ in claimed]
         masks = masks_from_text([mask for _, mask in claimed], prepared.model.n_permutable)
         started = time.perf_counter()
-        batch = fitter.fit(masks)
+        batches = prepared.fit(fitter, masks)
         spent = time.perf_counter() - started
-        write_results(engine, prepared.job, worker, ids, batch)
-        n_failed = int((~np.asarray(batch.ok)).sum())
-        done += len(ids)
+        write_results(engine, prepared.job, worker, ids, batches)
+        n_failed = sum(int((~np.asarray(batch.ok)).sum()) for batch in batches)
+        done += len(ids) * n_frames
         failed += n_failed
-        on_batch(len(ids), n_failed)
+        on_batch(len(ids) * n_frames, n_failed)
         if batch_size is None and spent > 0:
             # aim at about a second of fitting per batch: few transactions, fresh progress
             size = int(np.clip(len(ids) * TARGET_BATCH_SECONDS / spent, 16, MAX_BATCH))
             size = min(size, max(16, int(lease_seconds / 10 * len(ids) / spent)))
 
 
-def best_fit(engine: Engine, job: FitJob) -> tuple[Optional[float], Optional[int], Optional[int]]:
-    """(Rwp, motif id, kept atoms) of the best 'ok' fit of the job so far."""
+def best_fit(engine: Engine, job: FitJob) -> tuple[Optional[float], Optional[int], Optional[int], Optional[int]]:
+    """(Rwp, motif id, kept atoms, dataset id) of the best 'ok' fit of the job so far."""
     with Session(engine) as session:
         row = session.exec(
-            select(FitResult.rwp, Motif.id, Motif.n_kept)
+            select(FitResult.rwp, Motif.id, Motif.n_kept, FitResult.dataset_id)
             .join(Motif, Motif.id == FitResult.motif_id)
             .where(Motif.starting_model_id == job.starting_model_id)
-            .where(FitResult.dataset_id == job.dataset_id)
+            .where(FitResult.dataset_id.in_(job.dataset_ids))
             .where(FitResult.fit_config_id == job.fit_config_id)
             .where(FitResult.status == "ok")
             .order_by(FitResult.rwp, Motif.id)
             .limit(1)
         ).first()
-    return tuple(row) if row else (None, None, None)
+    return tuple(row) if row else (None, None, None, None)
 
 
-def _worker_process(url: str, structure: str, dataset: str, settings: FitSettings, lease_seconds: float, queue) -> None:
+def _worker_process(url: str, prepared: PreparedFit, lease_seconds: float, queue) -> None:
     """A local worker process of ``fit --workers W``: one BLAS thread, its own engine."""
     from threadpoolctl import threadpool_limits
 
     from motex_db.db import open_engine
 
     engine = open_engine(url)
-    prepared = prepare_fit(engine, structure, dataset, settings)
     with threadpool_limits(1):
         run_worker(engine, prepared, lease_seconds, on_batch=lambda d, f: queue.put((d, f)))
     engine.dispose()
@@ -387,15 +455,16 @@ def _worker_process(url: str, structure: str, dataset: str, settings: FitSetting
 def fit_catalogue(
     engine: Engine,
     structure: str,
-    dataset: str,
+    dataset: Optional[str],
     settings: FitSettings,
     workers: int = 1,
     retry_failed: bool = False,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
     on_progress: Callable[[FitProgress], None] = lambda progress: None,
     batch_size: Optional[int] = None,
+    series: Optional[str] = None,
 ) -> FitSummary:
-    """Fit every motif of ``structure`` that has no result for (``dataset``, settings).
+    """Fit every motif of ``structure`` that has no result for (``dataset``, settings), or for a frame of ``series``.
 
     ``workers`` > 1 runs that many local processes; more processes anywhere may
     join by running the same command against the same database.
@@ -404,19 +473,28 @@ def fit_catalogue(
         raise InputError(f"--workers must be at least 1, not {workers}.")
     if lease_seconds <= 0:
         raise InputError(f"the lease must be positive, not {lease_seconds} s.")
-    prepared = prepare_fit(engine, structure, dataset, settings)
-    retried = delete_failed(engine, prepared.job) if retry_failed else 0
-    total = count_unfinished(engine, prepared.job)
-    summary = FitSummary(
-        structure, dataset, prepared.job.fit_config_id, prepared.settings.recipe, 0, 0, 0.0,
-        already_done=0, retried=retried, workers=workers,
+    if (dataset is None) == (series is None):
+        raise InputError("give a dataset (--data) or a series (--series), not both or neither.")
+    jobs = (
+        prepare_series_fit(engine, structure, series, settings)
+        if series is not None
+        else [prepare_fit(engine, structure, dataset, settings)]
     )
+    retried = sum(delete_failed(engine, p.job) for p in jobs) if retry_failed else 0
+    # fits to do: per job, its unfinished motifs times its frames (frames done already are skipped when stored)
+    todo = [count_unfinished(engine, p.job) * len(p.job.dataset_ids) for p in jobs]
+    n_frames = sum(len(p.job.dataset_ids) for p in jobs)
     with Session(engine) as session:
         n_motifs = session.exec(
-            select(sa.func.count()).select_from(Motif).where(Motif.starting_model_id == prepared.job.starting_model_id)
+            select(sa.func.count()).select_from(Motif).where(Motif.starting_model_id == jobs[0].job.starting_model_id)
         ).one()
-    summary.already_done = n_motifs - total
-    progress = FitProgress(total=total)
+    first = jobs[0]
+    summary = FitSummary(
+        structure, series if series is not None else first.dataset, first.job.fit_config_id, first.settings.recipe,
+        0, 0, 0.0, already_done=n_motifs * n_frames - sum(todo), retried=retried, workers=workers,
+        n_frames=n_frames if series is not None else None,
+    )
+    progress = FitProgress(total=sum(todo))
     started = time.perf_counter()
 
     def advance(done: int, failed: int) -> None:
@@ -425,14 +503,19 @@ def fit_catalogue(
         progress.elapsed = time.perf_counter() - started
         on_progress(progress)
 
-    if total > 0:
+    for prepared, count in zip(jobs, todo):
+        if count == 0:
+            continue
         if workers == 1:
             run_worker(engine, prepared, lease_seconds, on_batch=advance, batch_size=batch_size)
         else:
             _run_local_workers(engine, prepared, workers, lease_seconds, advance)
     summary.seconds = time.perf_counter() - started
     summary.fitted, summary.failed = progress.done, progress.failed
-    summary.best_rwp, summary.best_motif_id, summary.best_motif_size = best_fit(engine, prepared.job)
+    best = min((best_fit(engine, p.job) for p in jobs), key=lambda b: (b[0] is None, b[0] or 0.0))
+    summary.best_rwp, summary.best_motif_id, summary.best_motif_size, best_dataset = best
+    if series is not None and best_dataset is not None:
+        summary.best_frame = next(d.name for p in jobs for d in p.frames if d.id == best_dataset)
     return summary
 
 
@@ -444,11 +527,7 @@ def _run_local_workers(engine: Engine, prepared: PreparedFit, workers: int, leas
     queue = context.Queue()
     url = engine.url.render_as_string(hide_password=False)
     processes = [
-        context.Process(
-            target=_worker_process,
-            args=(url, prepared.structure, prepared.dataset, prepared.settings, lease_seconds, queue),
-            daemon=True,
-        )
+        context.Process(target=_worker_process, args=(url, prepared, lease_seconds, queue), daemon=True)
         for _ in range(workers)
     ]
     for process in processes:
@@ -469,10 +548,10 @@ def _run_local_workers(engine: Engine, prepared: PreparedFit, workers: int, leas
         raise RuntimeError(f"{len(failures)} of {workers} fit worker processes failed (exit codes {failures}).")
 
 
-def fit_motifs_now(engine: Engine, prepared: PreparedFit, motif_ids: list[int]) -> "FitBatch":
-    """Fit the given motifs at once (no claims: for a handful, such as an extracted motif); stores and returns the batch."""
+def fit_motifs_now(engine: Engine, prepared: PreparedFit, motif_ids: list[int]) -> list:
+    """Fit the given motifs at once (no claims: for a handful, such as an extracted motif); stores and returns the batches (one per frame)."""
     with Session(engine) as session:
         masks = dict(session.exec(select(Motif.id, Motif.mask).where(Motif.id.in_(motif_ids))).all())
-    batch = prepared.fitter().fit(masks_from_text([masks[m] for m in motif_ids], prepared.model.n_permutable))
-    write_results(engine, prepared.job, worker_id(), list(motif_ids), batch)
-    return batch
+    batches = prepared.fit(prepared.fitter(), masks_from_text([masks[m] for m in motif_ids], prepared.model.n_permutable))
+    write_results(engine, prepared.job, worker_id(), list(motif_ids), batches)
+    return batches
