@@ -204,4 +204,4 @@ def main() -> None:
 
 
 # The step commands register themselves on `app`.
-from motex_db.cli import report, steps  # noqa: E402,F401
+from motex_db.cli import report, series, steps  # noqa: E402,F401
