@@ -172,6 +172,80 @@ def trial_progress(total: int):
         yield update
 
 
+@contextmanager
+def series_progress(label: str, n_trials: int | None = None):
+    """Progress of a series command: the search's trials (when there is one), then the frames, with rate and ETA.
+
+    Yields ``(on_trial, on_frame)`` callbacks.
+    """
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=error_console,
+    )
+    tasks: dict[str, int] = {}
+    best = [float("inf")]
+    started = [0.0]
+
+    def on_trial(index: int, params: dict, cv_mae: float) -> None:
+        if "search" not in tasks:
+            tasks["search"] = progress.add_task("search", total=n_trials, note="")
+        best[0] = min(best[0], cv_mae)
+        progress.update(tasks["search"], completed=index + 1, note=f"best CV MAE {best[0]:.4f}")
+
+    def on_frame(done: int, total: int) -> None:
+        if "frames" not in tasks:
+            tasks["frames"] = progress.add_task(label, total=total, note="")
+            started[0] = time.perf_counter() - 1e-9
+        rate = done / (time.perf_counter() - started[0])
+        progress.update(tasks["frames"], completed=done, note=f"{rate:.2f} frames/s")
+
+    with progress:
+        yield on_trial, on_frame
+
+
+def print_series_train_outcome(outcome) -> None:
+    frames = outcome.frames
+    created = outcome.n_created
+    where = f"'{outcome.structure}' / series '{outcome.series}' (fit config {outcome.fit_config_id}, {len(frames)} frames)"
+    if created:
+        console.print(f"trained {created} frame models on {where} in {outcome.seconds:.1f} s; {len(frames) - created} reused.")
+    else:
+        console.print(f"the fits have not changed since the frame models of {where}: reusing them.")
+    hyper = outcome.hyperparameters
+    shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in hyper.items())
+    cv = f"; best CV MAE {outcome.best_cv_mae:.4f}" if outcome.best_cv_mae is not None else ""
+    console.print(f"one search on frame '{outcome.reference}': {shown}{cv}")
+    print_frame(frames[["frame", "time", "trained_model_id", "n_motifs", "test_mae", "test_r2"]], title="models per frame")
+    if outcome.mlflow_run_id:
+        console.print(f"MLflow parent run {outcome.mlflow_run_id} (a child run per frame); open the UI with:\n  {outcome.ui_command}")
+
+
+def print_series_explain_outcome(outcome, files) -> None:
+    frames = outcome.frames
+    console.print(
+        f"explained {outcome.n_created} new frame models of '{outcome.structure}' / series '{outcome.series}' "
+        f"({len(frames)} frames, fit config {outcome.fit_config_id})."
+    )
+    shown = frames.assign(
+        kept=[m.count("1") for m in frames["extracted_mask"]],
+    )[["frame", "time", "overall_confidence", "kept", "extracted_motif_id", "extracted_rwp", "best_rwp"]]
+    print_frame(shown, title="per frame: the extracted motif (atoms with negative contribution) and its fit")
+    table = outcome.contributions.pivot(index="atom_index", columns="frame", values="contribution")
+    first, last = frames["frame"].iloc[0], frames["frame"].iloc[-1]
+    change = (table[last] - table[first]).sort_values()
+    print_rows(
+        ["atom", "element", f"contribution at {first}", f"at {last}", "change"],
+        [(i, outcome.elements[i - 1], table.loc[i, first], table.loc[i, last], change[i]) for i in change.index[:10]],
+        title="atoms whose contribution fell most over the series (growing in importance)",
+    )
+    for kind, path in (files or {}).items():
+        console.print(f"{kind}: {path}")
+
+
 def print_train_outcome(outcome) -> None:
     metrics = outcome.metrics
     where = f"'{outcome.structure}' / '{outcome.dataset}' (fit config {outcome.fit_config_id}, {outcome.n_motifs} motifs)"

@@ -217,7 +217,9 @@ MLFLOW_HELP = "MLflow tracking URI (else $MOTEX_MLFLOW_URI, else an SQLite store
 def train(
     ctx: typer.Context,
     structure: str = typer.Option(..., "--structure", help="Starting model whose fits are learnt."),
-    data: str = typer.Option(..., "--data", help="Dataset the motifs were fitted to."),
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset the motifs were fitted to."),
+    series: Optional[str] = typer.Option(None, "--series", help="Train a model per frame of this series instead (one search)."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="With --series: the frame searched on (default: the last)."),
     fit_config: Optional[int] = typer.Option(None, "--fit-config", help="Fit config id (default: the one with the most fits)."),
     n_iter: int = typer.Option(50, "--n-iter", help="Bayesian iterations after the 4 random starts."),
     cv: int = typer.Option(3, "--cv", help="Folds of the cross-validation that scores each trial."),
@@ -225,19 +227,35 @@ def train(
     mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help=MLFLOW_HELP),
 ) -> None:
     """Step 3: learn Rwp from atom presence (XGBoost, Bayesian hyper-parameter search), tracked in MLflow."""
-    from motex_db.learning import N_INITIAL, train_model
+    from motex_db.learning import N_INITIAL, train_model, train_series
 
+    _data_or_series(data, series)
     engine = engine_of(ctx)
+    if series is not None:
+        with output.series_progress("training frames", N_INITIAL + n_iter) as (on_trial, on_frame):
+            outcome = train_series(
+                engine, structure, series, reference, fit_config, n_iter, cv, seed, mlflow_uri, on_trial, on_frame
+            )
+        output.print_series_train_outcome(outcome)
+        return
+    if reference is not None:
+        raise InputError("--reference picks a frame of a series: use it with --series.")
     with output.trial_progress(N_INITIAL + n_iter) as on_trial:
         outcome = train_model(engine, structure, data, fit_config, n_iter, cv, seed, mlflow_uri, on_trial)
     output.print_train_outcome(outcome)
+
+
+def _data_or_series(data: Optional[str], series: Optional[str]) -> None:
+    if (data is None) == (series is None):
+        raise InputError("give a dataset (--data NAME) or a series (--series NAME), not both or neither.")
 
 
 @app.command()
 def explain(
     ctx: typer.Context,
     structure: str = typer.Option(..., "--structure", help="Starting model."),
-    data: str = typer.Option(..., "--data", help="Dataset."),
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset."),
+    series: Optional[str] = typer.Option(None, "--series", help="Explain every frame's model of this series instead."),
     model: Optional[int] = typer.Option(None, "--model", help="Trained model id (default: the latest for this structure and dataset)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the contributions table, coloured structure, SHAP plot and extracted motif."),
     min_confidence: Optional[float] = typer.Option(None, "--min-confidence", help="Extract only atoms at least this confident."),
@@ -249,12 +267,32 @@ def explain(
     from motex_db.explain import explain_model, log_explanation
     from motex_db.reports.explanation import write_explanation_files
 
+    _data_or_series(data, series)
     engine = engine_of(ctx)
+    if series is not None:
+        _explain_series(engine, structure, series, model, out, min_confidence, mlflow_uri)
+        return
     outcome = explain_model(engine, structure, data, model, min_confidence)
     with tempfile.TemporaryDirectory() as scratch:
         files = write_explanation_files(outcome, out or Path(scratch))
         log_explanation(engine.url.render_as_string(hide_password=False), outcome, files, mlflow_uri)
     output.print_explain_outcome(outcome, files if out else None)
+
+
+def _explain_series(engine, structure, series, model, out, min_confidence, mlflow_uri) -> None:
+    import tempfile
+
+    from motex_db.explain import explain_series, log_series_explanation
+    from motex_db.reports.explanation import write_series_explanation_files
+
+    if model is not None:
+        raise InputError("--model picks one trained model: with --series every frame's latest model is explained.")
+    with output.series_progress("explaining frames") as (_, on_frame):
+        outcome = explain_series(engine, structure, series, min_confidence, on_frame)
+    with tempfile.TemporaryDirectory() as scratch:
+        files = write_series_explanation_files(outcome, out or Path(scratch))
+        log_series_explanation(engine.url.render_as_string(hide_password=False), outcome, files, mlflow_uri)
+    output.print_series_explain_outcome(outcome, files if out else None)
 
 
 @app.command("import-fits")

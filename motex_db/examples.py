@@ -1,4 +1,7 @@
-"""The paper's C60 example, generated from geometry: no downloaded data.
+"""Generated examples, built from geometry: no downloaded data.
+
+The paper's C60 example comes first; a time-resolved series of two motifs of
+one tungsten-oxide particle follows (:func:`two_motif_series`).
 
 ML-MotEx's first example (Anker et al., npj Comput. Mater. 8, 213 (2022))
 hides a buckyball in a larger carbon starting model and fits a PDF simulated
@@ -14,6 +17,10 @@ negative contributions. This module builds all three pieces:
 """
 
 from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from ase import Atoms
@@ -34,6 +41,9 @@ __all__ = [
     "c60_starting_model",
     "c60_measured_pdf",
     "c60_dataset_header",
+    "TwoMotifSeries",
+    "two_motif_series",
+    "write_two_motif_series",
 ]
 
 C60_ATOM_COUNT = 60
@@ -197,3 +207,128 @@ def c60_dataset_header(
             "buckyball alone plus Gaussian noise (standard deviation noise x max |G|)."
         ),
     }
+
+
+# ---------------------------------------------------------------- an in situ series of two motifs
+
+# A ReO3-type tungsten oxide particle: W on a 3 x 3 x 3 cubic grid (a in Å),
+# one bridging O between each pair of neighbouring W (W-O = a / 2).
+WO3_LATTICE = 3.75
+WO3_BOND_CUTOFF = 2.6  # Å: W-O bonds of the catalogue (O-O is a / sqrt(2) = 2.65 Å)
+SERIES_QMIN, SERIES_QMAX, SERIES_QDAMP = 0.7, 20.0, 0.04
+SERIES_BISO = {"W": 0.3, "O": 0.8}
+SERIES_NOISE = 0.01
+
+
+@dataclass(frozen=True)
+class TwoMotifSeries:
+    """Frames mixing two motifs of one starting model, with the truth kept alongside.
+
+    - ``elements``/``positions``: the starting model (27 W then 54 O, Å);
+    - ``motif_a``/``motif_b``: (27,) bool over the W atoms (the permutable atoms,
+      file order): A is the 2 x 2 x 2 cube of W at one corner (8 W), B the 3 x 3
+      layer of W on the opposite face (9 W); they share no atom;
+    - ``r`` (Å), ``g`` (n_frames, n_points) in Å^-2, ``times`` (s);
+    - ``fraction_a``: the share of motif A in each frame (B has the rest).
+    """
+
+    elements: list
+    positions: np.ndarray
+    motif_a: np.ndarray
+    motif_b: np.ndarray
+    r: np.ndarray
+    g: np.ndarray
+    times: np.ndarray
+    fraction_a: np.ndarray
+    header: dict
+
+
+def _wo3_grid() -> tuple[list[str], np.ndarray, np.ndarray]:
+    """27 W on a 3 x 3 x 3 grid, the 54 O bridging neighbours; the W grid indices (27, 3)."""
+    index = np.stack(np.meshgrid(*[np.arange(3)] * 3, indexing="ij"), axis=-1).reshape(-1, 3)
+    metal = index * WO3_LATTICE
+    oxygen = [
+        (metal[i] + metal[j]) / 2
+        for i in range(len(metal))
+        for j in range(i + 1, len(metal))
+        if np.abs(index[i] - index[j]).sum() == 1
+    ]
+    positions = np.concatenate([metal, np.array(oxygen)])
+    return ["W"] * len(metal) + ["O"] * len(oxygen), positions, index
+
+
+def _motif_atoms(positions: np.ndarray, n_metal: int, kept_metal: np.ndarray) -> np.ndarray:
+    """Atoms of a motif as the catalogue defines it: the kept W and every O bonded to one of them."""
+    keep = np.zeros(len(positions), dtype=bool)
+    keep[:n_metal] = kept_metal
+    distance = np.linalg.norm(positions[n_metal:, None] - positions[None, :n_metal][:, kept_metal], axis=-1)
+    keep[n_metal:] = (distance < WO3_BOND_CUTOFF).any(axis=1)
+    return keep
+
+
+def two_motif_series(
+    n_frames: int = 20,
+    seed: int = 0,
+    noise: float = SERIES_NOISE,
+    r_step: float = 0.01,
+    r_max: float = 12.0,
+    interval: float = 30.0,
+) -> TwoMotifSeries:
+    """An in situ series in which motif A grows at the expense of motif B.
+
+    Frame i (time ``i * interval`` s) is f_i G_A + (1 - f_i) G_B plus Gaussian
+    noise of standard deviation ``noise`` x max |G|, with f_i rising along a
+    logistic curve from about 0.05 to 0.95 (half way at the middle frame) and
+    G_A, G_B the real-space X-ray PDFs of the two motifs (Qmin 0.7, Qmax 20,
+    qdamp 0.04 Å^-1; Biso W 0.3, O 0.8 Å^2) on r from 1 Å to ``r_max``.
+    """
+    if n_frames < 2:
+        raise InputError(f"a series needs at least 2 frames, not {n_frames}.")
+    elements, positions, index = _wo3_grid()
+    n_metal = len(index)
+    motif_a = np.all(index <= 1, axis=1)
+    motif_b = index[:, 2] == 2
+    r = 1.0 + r_step * np.arange(int(round((r_max - 1.0) / r_step)) + 1)
+    params = PDFParameters(
+        calculator="real", radiation="xray", qmin=SERIES_QMIN, qmax=SERIES_QMAX, qdamp=SERIES_QDAMP,
+        qbroad=0.0, delta2=0.0, biso=dict(SERIES_BISO), zoom=1.0,
+    )
+    curves = []
+    for kept in (motif_a, motif_b):
+        atoms = _motif_atoms(positions, n_metal, kept)
+        curves.append(cluster_pdf([e for e, k in zip(elements, atoms) if k], positions[atoms], r, params))
+    g_a, g_b = curves
+    times = interval * np.arange(n_frames, dtype=float)
+    middle = times[-1] / 2
+    fraction_a = 0.05 + 0.9 / (1.0 + np.exp(-(times - middle) / max(times[-1] / 10, 1e-9)))
+    rng = np.random.default_rng(seed)
+    g = fraction_a[:, None] * g_a + (1.0 - fraction_a[:, None]) * g_b
+    g = g + rng.normal(size=g.shape) * noise * np.abs(g).max(axis=1, keepdims=True)
+    header = {
+        "qmin": SERIES_QMIN, "qmax": SERIES_QMAX, "qdamp": SERIES_QDAMP, "qbroad": 0.0, "radiation": "xray",
+        "composition": "WO3", "noise": noise, "seed": seed, "simulated": True,
+        "note": "Simulated with motex_db.examples.two_motif_series: a mixture of two motifs of a WO3 particle.",
+    }
+    return TwoMotifSeries(elements, positions, motif_a, motif_b, r, g, times, fraction_a, header)
+
+
+def write_two_motif_series(folder: str | Path, series: TwoMotifSeries) -> tuple[Path, list[Path], Path]:
+    """Write the starting model (.xyz), one .gr file per frame and a times file (file,time); returns their paths."""
+    import ase.io
+
+    from motex_db.datasets import write_gr
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = folder / "wo3_particle.xyz"
+    ase.io.write(str(model), Atoms(series.elements, positions=series.positions), format="xyz")
+    frames = []
+    for i, (g, t, f) in enumerate(zip(series.g, series.times, series.fraction_a)):
+        header = {**series.header, "time": t, "fraction_a": round(float(f), 6)}
+        frames.append(write_gr(folder / f"frame_{i:04d}.gr", series.r, g, header, f"frame {i} of a two-motif series"))
+    times = folder / "times.csv"
+    with times.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "time"])
+        writer.writerows((path.name, t) for path, t in zip(frames, series.times))
+    return model, frames, times

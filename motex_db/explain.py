@@ -273,6 +273,30 @@ def _latest_model(session, model_id: int, dataset_id: int, trained_model_id: Opt
     return row
 
 
+def _training_set(session, trained, n_permutable: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(masks, Rwp) of a trained model's motifs in its order, and the features of its training motifs."""
+    from sqlmodel import select
+
+    from motex_db.catalogue import masks_from_text
+    from motex_db.learning import features, split
+    from motex_db.models import FitResult, Motif
+
+    fitted = {
+        motif_id: (mask, rwp)
+        for motif_id, mask, rwp in session.exec(
+            select(Motif.id, Motif.mask, FitResult.rwp)
+            .join(FitResult, FitResult.motif_id == Motif.id)
+            .where(FitResult.dataset_id == trained.dataset_id)
+            .where(FitResult.fit_config_id == trained.fit_config_id)
+            .where(Motif.id.in_(trained.motif_ids.tolist()))
+        ).all()
+    }
+    masks = masks_from_text([fitted[int(m)][0] for m in trained.motif_ids], n_permutable)
+    rwp = np.array([fitted[int(m)][1] for m in trained.motif_ids], dtype=float)
+    train_idx, _ = split(len(masks), trained.seed)
+    return masks, rwp, features(masks)[train_idx]
+
+
 def explain_model(
     engine,
     structure: str,
@@ -289,14 +313,14 @@ def explain_model(
     import pandas as pd
     from sqlmodel import Session, select
 
-    from motex_db.catalogue import _insert_motifs, mask_to_text, masks_from_text
+    from motex_db.catalogue import _insert_motifs, mask_to_text
     from motex_db.datasets import get_dataset
     from motex_db.db import transaction
     from motex_db.fitting.settings import FitSettings
     from motex_db.fitting.refine import motif_atoms
     from motex_db.fitting.imported import IMPORT_RECIPE
     from motex_db.fitting.work import FitJob, best_fit, fit_motifs_now, prepare_fit
-    from motex_db.learning import EXTRACTED_SAMPLER_PREFIX, features, model_from_json, split
+    from motex_db.learning import EXTRACTED_SAMPLER_PREFIX, model_from_json
     from motex_db.models import AtomContribution, FitConfig, FitResult, Motif, TrainedModel
     from motex_db.structures import get_starting_model, permutable_flags
 
@@ -308,22 +332,9 @@ def explain_model(
             select(AtomContribution).where(AtomContribution.trained_model_id == trained.id).order_by(AtomContribution.atom_index)
         ).all()
         config = session.get(FitConfig, trained.fit_config_id)
-        fitted = {
-            motif_id: (mask, rwp)
-            for motif_id, mask, rwp in session.exec(
-                select(Motif.id, Motif.mask, FitResult.rwp)
-                .join(FitResult, FitResult.motif_id == Motif.id)
-                .where(FitResult.dataset_id == data.id)
-                .where(FitResult.fit_config_id == trained.fit_config_id)
-                .where(Motif.id.in_(trained.motif_ids.tolist()))
-            ).all()
-        }
+        masks, rwp, X_train = _training_set(session, trained, model.n_permutable)
     flags = permutable_flags(model.elements, model.permutable_elements)
     perm_elements = [e for e, f in zip(model.elements, flags) if f]
-    masks = masks_from_text([fitted[int(m)][0] for m in trained.motif_ids], model.n_permutable)
-    rwp = np.array([fitted[int(m)][1] for m in trained.motif_ids], dtype=float)
-    train_idx, _ = split(len(masks), trained.seed)
-    X_train = features(masks)[train_idx]
     shap_matrix = shap_values(model_from_json(trained.model), X_train)
     found = atom_contributions(shap_matrix, X_train)
     frame = pd.DataFrame({
@@ -412,3 +423,197 @@ def log_explanation(record_url: str, outcome: ExplainOutcome, files: dict, mlflo
         )
         for path in files.values():
             tracker.client.log_artifact(outcome.mlflow_run_id, str(path), artifact_path="explain")
+
+
+# --------------------------------------------------------------------------
+# Step 4 for a time-resolved series: `motex-db explain --series`
+
+
+@dataclass
+class SeriesExplainOutcome:
+    """Contributions of every frame's model of a series, and each frame's extracted motif."""
+
+    structure: str
+    series: str
+    fit_config_id: int
+    elements: list  # of the permutable atoms, 1..N
+    # frame, dataset_id, time, trained_model_id, created, overall_confidence, extracted_mask,
+    # extracted_motif_id, extracted_rwp, best_rwp
+    frames: "pd.DataFrame"
+    # one row per frame and atom: frame, time, atom_index, element, contribution, uncertainty, confidence
+    contributions: "pd.DataFrame"
+    parent_run_id: Optional[str]
+
+    @property
+    def n_created(self) -> int:
+        return int(self.frames["created"].sum())
+
+
+def explain_series(
+    engine,
+    structure: str,
+    series: str,
+    min_confidence: Optional[float] = None,
+    on_frame=lambda done, total: None,
+) -> SeriesExplainOutcome:
+    """SHAP contributions for the latest model of every frame of a series (from ``train --series``).
+
+    Per frame as :func:`explain_model`, without the convergence models (run
+    ``explain --data FRAME`` for one frame's convergence): contributions,
+    uncertainty and confidence rows, and the extracted motif. The extracted
+    motifs of all frames are added to the catalogue and fitted to every frame
+    at once (one series fit, the motifs' PDFs shared across frames).
+    """
+    import pandas as pd
+    import sqlalchemy as sa
+    from sqlmodel import Session, select
+
+    from motex_db.catalogue import _insert_motifs, mask_to_text
+    from motex_db.datasets import get_series_frames
+    from motex_db.db import transaction
+    from motex_db.fitting.settings import FitSettings
+    from motex_db.fitting.work import fit_motifs_now, prepare_series_fit
+    from motex_db.learning import EXTRACTED_SAMPLER_PREFIX, model_from_json
+    from motex_db.models import AtomContribution, FitConfig, FitResult, Motif, TrainedModel
+    from motex_db.structures import get_starting_model, permutable_flags
+
+    with Session(engine) as session:
+        model = get_starting_model(session, structure)
+        frames = get_series_frames(session, series)
+        trained = {}
+        for frame in frames:
+            row = session.exec(
+                select(TrainedModel)
+                .where(TrainedModel.starting_model_id == model.id)
+                .where(TrainedModel.dataset_id == frame.id)
+                .where(TrainedModel.series == series)
+                .order_by(TrainedModel.id.desc())
+            ).first()
+            if row is None:
+                raise InputError(
+                    f"frame '{frame.name}' has no model of series '{series}': "
+                    f"run motex-db train --structure {structure} --series {series} first."
+                )
+            trained[frame.id] = row
+        config_ids = {row.fit_config_id for row in trained.values()}
+        if len(config_ids) > 1:
+            raise InputError(
+                f"the frames' latest models of series '{series}' come from different fit configs "
+                f"({', '.join(map(str, sorted(config_ids)))}): run motex-db train --series {series} again."
+            )
+        config = session.get(FitConfig, config_ids.pop())
+        stored = set(session.exec(
+            select(AtomContribution.trained_model_id)
+            .where(AtomContribution.trained_model_id.in_([t.id for t in trained.values()]))
+            .distinct()
+        ).all())
+    flags = permutable_flags(model.elements, model.permutable_elements)
+    perm_elements = [e for e, f in zip(model.elements, flags) if f]
+    found_by_frame, created = {}, set()
+    for done, frame in enumerate(frames, start=1):
+        row = trained[frame.id]
+        with Session(engine) as session:
+            _, _, X_train = _training_set(session, row, model.n_permutable)
+        found = atom_contributions(shap_values(model_from_json(row.model), X_train), X_train)
+        if row.id not in stored:
+            with transaction(engine) as session:
+                session.add_all([
+                    AtomContribution(trained_model_id=row.id, atom_index=int(i), element=e, contribution=float(c),
+                                     uncertainty=float(u), confidence=float(k))
+                    for i, e, c, u, k in zip(found.atom_index, perm_elements, found.contribution,
+                                             found.uncertainty, found.confidence)
+                ])
+                stored_row = session.get(TrainedModel, row.id)
+                stored_row.overall_confidence = float(found.overall_confidence)
+                session.add(stored_row)
+            created.add(frame.id)
+        found_by_frame[frame.id] = found
+        on_frame(done, len(frames))
+
+    # the extracted motifs, fitted to every frame in one go
+    extracted = {f.id: mask_to_text(extracted_motif_mask(found_by_frame[f.id], min_confidence)) for f in frames}
+    wanted = sorted({m for m in extracted.values() if "1" in m})
+    with transaction(engine) as session:
+        row = session.get(type(model), model.id)
+        for frame in frames:
+            if "1" in extracted[frame.id]:
+                _insert_motifs(session, row, [extracted[frame.id]],
+                               f"{EXTRACTED_SAMPLER_PREFIX} from trained model {trained[frame.id].id}")
+    with Session(engine) as session:
+        ids = dict(session.exec(
+            select(Motif.mask, Motif.id).where(Motif.starting_model_id == model.id).where(Motif.mask.in_(wanted))
+        ).all()) if wanted else {}
+    if ids:
+        for prepared in prepare_series_fit(engine, structure, series, FitSettings.from_dict(config.settings)):
+            fit_motifs_now(engine, prepared, sorted(ids.values()))
+    frame_ids = [f.id for f in frames]
+    with Session(engine) as session:
+        rwp_of = {
+            (m, d): (rwp, status)
+            for m, d, rwp, status in session.exec(
+                select(FitResult.motif_id, FitResult.dataset_id, FitResult.rwp, FitResult.status)
+                .where(FitResult.motif_id.in_(list(ids.values())))
+                .where(FitResult.dataset_id.in_(frame_ids))
+                .where(FitResult.fit_config_id == config.id)
+            ).all()
+        } if ids else {}
+        best = dict(session.exec(
+            select(FitResult.dataset_id, sa.func.min(FitResult.rwp))
+            .join(Motif, Motif.id == FitResult.motif_id)
+            .where(Motif.starting_model_id == model.id)
+            .where(FitResult.dataset_id.in_(frame_ids))
+            .where(FitResult.fit_config_id == config.id)
+            .where(FitResult.status == "ok")
+            .group_by(FitResult.dataset_id)
+        ).all())
+    table, long = [], []
+    for frame in frames:
+        found = found_by_frame[frame.id]
+        mask = extracted[frame.id]
+        motif_id = ids.get(mask)
+        rwp, _ = rwp_of.get((motif_id, frame.id), (None, None))
+        table.append({
+            "frame": frame.name, "dataset_id": frame.id, "time": frame.time,
+            "trained_model_id": trained[frame.id].id, "created": frame.id in created,
+            "overall_confidence": float(found.overall_confidence), "extracted_mask": mask,
+            "extracted_motif_id": motif_id, "extracted_rwp": rwp, "best_rwp": best.get(frame.id),
+        })
+        long.append(pd.DataFrame({
+            "frame": frame.name, "time": frame.time, "atom_index": found.atom_index, "element": perm_elements,
+            "contribution": found.contribution, "uncertainty": found.uncertainty, "confidence": found.confidence,
+        }))
+    parent = (trained[frames[-1].id].training_log or {}).get("search", {}).get("parent_run_id")
+    return SeriesExplainOutcome(
+        structure, series, config.id, perm_elements, pd.DataFrame(table), pd.concat(long, ignore_index=True), parent,
+    )
+
+
+def log_series_explanation(record_url: str, outcome: SeriesExplainOutcome, files: dict, mlflow_uri: Optional[str] = None) -> None:
+    """Attach the series' contribution tables to its parent MLflow run, and each frame's confidence to its child run."""
+    import time
+
+    from mlflow.entities import Metric
+    from sqlmodel import Session
+
+    from motex_db.db import open_engine
+    from motex_db.models import TrainedModel
+    from motex_db.tracking import open_tracker
+
+    if not outcome.parent_run_id:
+        return
+    engine = open_engine(record_url)
+    with Session(engine) as session:
+        runs = {
+            r.trained_model_id: session.get(TrainedModel, int(r.trained_model_id)).mlflow_run_id
+            for r in outcome.frames.itertuples()
+        }
+    engine.dispose()
+    tracker = open_tracker(record_url, mlflow_uri)
+    now = int(time.time() * 1000)
+    with tracker.logging():
+        for r in outcome.frames.itertuples():
+            if runs.get(r.trained_model_id):
+                tracker.client.log_batch(runs[r.trained_model_id],
+                                         metrics=[Metric("overall_confidence", float(r.overall_confidence), now, 0)])
+        for path in files.values():
+            tracker.client.log_artifact(outcome.parent_run_id, str(path), artifact_path="explain")

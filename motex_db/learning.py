@@ -779,3 +779,224 @@ def _log_training(tracker, result: SurrogateResult, structure, dataset, fit_conf
             )
         client.set_terminated(run_id)
     return run_id
+
+
+# --------------------------------------------------------------------------
+# Step 3 for a time-resolved series: `motex-db train --series`
+
+
+@dataclass
+class SeriesTrainOutcome:
+    """What ``train --series`` did: one row per frame (new or reused) and the shared search."""
+
+    structure: str
+    series: str
+    fit_config_id: int
+    reference: str  # the frame the hyper-parameters were searched on
+    hyperparameters: dict  # the searched values every frame's model uses
+    best_cv_mae: Optional[float]
+    frames: "pd.DataFrame"  # frame, dataset_id, time, trained_model_id, created, n_motifs, test_mae, test_r2
+    mlflow_run_id: Optional[str]  # the series' parent run (None when nothing was trained now)
+    ui_command: Optional[str]
+    seconds: float = 0.0
+
+    @property
+    def n_created(self) -> int:
+        return int(self.frames["created"].sum())
+
+
+def _searched(hyperparameters: dict) -> dict:
+    """The hyper-parameters the search chooses (``n_estimators`` comes from early stopping)."""
+    names = {d.name for d in SearchSpace().dimensions()} - {"n_estimators"}
+    return {k: v for k, v in hyperparameters.items() if k in names}
+
+
+def _series_hash(frame_hash: str, reference_hash: str, series: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(repr(("series", series, frame_hash, reference_hash)).encode()).hexdigest()
+
+
+def train_series(
+    engine,
+    structure: str,
+    series: str,
+    reference: Optional[str] = None,
+    fit_config_id: Optional[int] = None,
+    n_iter: int = N_ITER,
+    cv: int = CV_FOLDS,
+    seed: int = 0,
+    mlflow_uri: Optional[str] = None,
+    on_trial: Optional[Callable[[int, dict, float], None]] = None,
+    on_frame: Callable[[int, int], None] = lambda done, total: None,
+) -> SeriesTrainOutcome:
+    """A surrogate per frame of a series, all with the hyper-parameters of one search.
+
+    The search (as :func:`train_surrogate`: Bayesian optimisation of k-fold CV
+    MAE) runs once, on the ``reference`` frame (default: the last frame, where
+    an in situ reaction has gone furthest); every frame's model is then
+    trained with those hyper-parameters (early stopping per frame) on that
+    frame's fits and scored on its own test motifs. The fit configuration is
+    the one with the most successful fits on the reference frame. Rows are
+    reused when the frame's fits, the reference's fits, the seed and the
+    search settings are unchanged, so adding frames trains only the new ones.
+    MLflow: one parent run for the series (search trials, parameters) and a
+    child run per frame trained now (test metrics, the model as JSON).
+    """
+    import time
+
+    import pandas as pd
+    from sqlmodel import Session, select
+
+    from motex_db.catalogue import masks_from_text
+    from motex_db.datasets import get_series_frames
+    from motex_db.db import transaction
+    from motex_db.models import TrainedModel
+    from motex_db.structures import get_starting_model
+    from motex_db.tracking import open_tracker, tracking_location
+
+    if n_iter < 0 or cv < 2:
+        raise InputError(f"--n-iter must be >= 0 and --cv >= 2 (got {n_iter} and {cv}).")
+    seed = _check_seed(seed)
+    with Session(engine) as session:
+        model = get_starting_model(session, structure)
+        frames = get_series_frames(session, series)
+        names = [f.name for f in frames]
+        if reference is not None and reference not in names:
+            raise InputError(f"'{reference}' is not a frame of series '{series}' (frames: {names[0]} ... {names[-1]}).")
+        ref = frames[names.index(reference)] if reference is not None else frames[-1]
+        try:
+            config_id = choose_fit_config(session, model.id, ref.id, fit_config_id)
+        except InputError:
+            raise InputError(
+                f"frame '{ref.name}' of series '{series}' has no successful fits of '{structure}': "
+                f"run motex-db fit --structure {structure} --series {series} first."
+            ) from None
+        fits = {f.id: load_fits(session, model.id, f.id, config_id) for f in frames}
+        for frame in frames:
+            n = len(fits[frame.id][0])
+            if n < MIN_MOTIFS:
+                raise InputError(
+                    f"frame '{frame.name}' has {n} successful fits with fit config {config_id}; training needs "
+                    f"{MIN_MOTIFS}: run motex-db fit --structure {structure} --series {series}."
+                )
+        ref_hash = _inputs_hash(model.id, ref.id, config_id, *fits[ref.id][::2], seed, n_iter, cv)
+        hashes = {
+            f.id: _series_hash(_inputs_hash(model.id, f.id, config_id, *fits[f.id][::2], seed, n_iter, cv), ref_hash, series)
+            for f in frames
+        }
+        stored = {
+            row.inputs_hash: row
+            for row in session.exec(select(TrainedModel).where(TrainedModel.inputs_hash.in_(list(hashes.values())))).all()
+        }
+    url = engine.url.render_as_string(hide_password=False)
+    location = tracking_location(url, mlflow_uri)
+    started = time.perf_counter()
+    todo = [f for f in frames if hashes[f.id] not in stored]
+    search: Optional[SearchResult] = None
+    if hashes[ref.id] in stored:
+        params = _searched(stored[hashes[ref.id]].hyperparameters)
+        best_cv = (stored[hashes[ref.id]].metrics or {}).get("best_cv_mae")
+    elif todo:
+        ids, texts, rwp = fits[ref.id]
+        X = features(masks_from_text(texts, model.n_permutable))
+        train_idx, _ = split(len(rwp), seed)
+        search = search_hyperparameters(X[train_idx], rwp[train_idx], seed, n_iter=n_iter, cv=cv, on_trial=on_trial)
+        params, best_cv = _searched(search.best_params), search.best_cv_mae
+    rows, created = [], {}
+    parent_id = None
+    tracker = open_tracker(url, mlflow_uri) if todo else None
+    if tracker is not None:
+        parent_id = _log_series_search(tracker, structure, series, ref.name, config_id, params, search, seed, n_iter, cv)
+    for done, frame in enumerate(todo, start=1):
+        ids, texts, rwp = fits[frame.id]
+        X = features(masks_from_text(texts, model.n_permutable))
+        train_idx, test_idx = split(len(rwp), seed)
+        final = train_final(X[train_idx], rwp[train_idx], params, seed)
+        metrics = {**evaluate(final.model, X[test_idx], rwp[test_idx]), "best_iteration": final.best_iteration}
+        if best_cv is not None:
+            metrics["best_cv_mae"] = best_cv
+        model_json = model_to_json(final.model)
+        run_id = _log_series_frame(tracker, parent_id, structure, series, frame, config_id, len(rwp), metrics, model_json)
+        log = {"learning_curve": final.learning_curve, "best_iteration": final.best_iteration,
+               "search": {"series": series, "reference_frame": ref.name, "parent_run_id": parent_id}}
+        if frame.id == ref.id and search is not None:
+            log["trials"] = [{"index": t.index, "params": t.params, "cv_mae": t.cv_mae} for t in search.trials]
+        rows.append(TrainedModel(
+            starting_model_id=model.id, dataset_id=frame.id, fit_config_id=config_id, inputs_hash=hashes[frame.id],
+            n_motifs=len(rwp), seed=seed, hyperparameters=final.hyperparameters, metrics=metrics, model=model_json,
+            mlflow_run_id=run_id, motif_ids=ids, n_iter=n_iter, cv=cv, training_log=log, series=series,
+        ))
+        on_frame(done, len(todo))
+    if rows:
+        with transaction(engine) as session:
+            session.add_all(rows)
+            session.flush()
+            created = {row.dataset_id: (row.id, row.metrics) for row in rows}
+    if tracker is not None:
+        with tracker.logging():
+            tracker.client.set_terminated(parent_id)
+    table = []
+    for frame in frames:
+        if frame.id in created:
+            row_id, metrics = created[frame.id]
+        else:
+            row = stored[hashes[frame.id]]
+            row_id, metrics = row.id, row.metrics
+        table.append({
+            "frame": frame.name, "dataset_id": frame.id, "time": frame.time, "trained_model_id": row_id,
+            "created": frame.id in created, "n_motifs": len(fits[frame.id][0]),
+            "test_mae": metrics.get("mae"), "test_r2": metrics.get("r2"),
+        })
+    return SeriesTrainOutcome(
+        structure, series, config_id, ref.name, params, best_cv, pd.DataFrame(table), parent_id,
+        location.ui_command, time.perf_counter() - started,
+    )
+
+
+def _log_series_search(tracker, structure, series, reference, fit_config_id, params, search, seed, n_iter, cv) -> str:
+    """The series' parent run: the shared hyper-parameters and, when searched now, every trial's CV MAE by step."""
+    import time
+
+    from mlflow.entities import Metric, Param
+
+    now = int(time.time() * 1000)
+    tags = {**run_tags(structure, series, fit_config_id, 0, "train-series"), "series": series, "reference_frame": reference}
+    with tracker.logging():
+        run = tracker.client.create_run(tracker.experiment_id, run_name=f"train {structure} / series {series}", tags=tags)
+        values = {**{f"xgb_{k}": v for k, v in params.items()}, "seed": seed, "n_iter": n_iter, "cv": cv,
+                  "reference_frame": reference}
+        metrics = []
+        if search is not None:
+            metrics = [Metric("trial_cv_mae", float(t.cv_mae), now, t.index) for t in search.trials]
+            metrics.append(Metric("best_cv_mae", float(search.best_cv_mae), now, 0))
+        tracker.client.log_batch(run.info.run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in values.items()])
+    return run.info.run_id
+
+
+def _log_series_frame(tracker, parent_id, structure, series, frame, fit_config_id, n_motifs, metrics, model_json) -> str:
+    """A frame's child run: its test metrics and its model (XGBoost JSON)."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from mlflow.entities import Metric, Param
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    now = int(time.time() * 1000)
+    tags = {**run_tags(structure, frame.name, fit_config_id, n_motifs, "train-frame"), "series": series,
+            MLFLOW_PARENT_RUN_ID: parent_id}
+    with tracker.logging():
+        run = tracker.client.create_run(tracker.experiment_id, run_name=f"frame {frame.name}", tags=tags)
+        run_id = run.info.run_id
+        params = [Param("frame", frame.name), Param("time", str(frame.time))]
+        tracker.client.log_batch(
+            run_id, metrics=[Metric(f"test_{k}", float(v), now, 0) for k, v in metrics.items() if np.isfinite(v)],
+            params=params,
+        )
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "model.json"
+            path.write_text(model_json)
+            tracker.client.log_artifact(run_id, str(path), artifact_path="model")
+        tracker.client.set_terminated(run_id)
+    return run_id

@@ -75,3 +75,24 @@ def write_explanation_files(outcome, out_dir: str | Path) -> dict[str, Path]:
         figure.savefig(files["shap_summary"], dpi=110, bbox_inches="tight")
         plt.close(figure)
     return files
+
+
+def write_series_explanation_files(outcome, out_dir: str | Path) -> dict[str, Path]:
+    """Write a series explanation: every frame's contributions (long table), the contributions as a
+    frames x atoms matrix, and one row per frame (extracted motif, its Rwp, the best Rwp)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{outcome.structure}_{outcome.series}"
+    files = {
+        "contributions": out_dir / f"{stem}_contributions.csv",
+        "contribution_matrix": out_dir / f"{stem}_contribution_matrix.csv",
+        "frames": out_dir / f"{stem}_frames.csv",
+    }
+    outcome.contributions.to_csv(files["contributions"], index=False)
+    matrix = outcome.contributions.pivot(index="frame", columns="atom_index", values="contribution")
+    matrix = matrix.loc[outcome.frames["frame"]]
+    matrix.columns = [f"{outcome.elements[i - 1]}{i}" for i in matrix.columns]
+    matrix.insert(0, "time", outcome.frames["time"].to_numpy())
+    matrix.to_csv(files["contribution_matrix"])
+    outcome.frames.to_csv(files["frames"], index=False)
+    return files
