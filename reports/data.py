@@ -9,7 +9,8 @@ contributions when there are any. The report has:
   series, not as 300 sections);
 - a comparison across starting structures for each such dataset that several
   structures were fitted to;
-- a section per time-resolved series (frames ordered by time).
+- a section per time-resolved series (frames ordered by time) that was fitted or
+  decomposed (its latest PCA/NMF decomposition).
 
 Nothing here computes anything new: :mod:`motex_db.reports.recompute` does that.
 """
@@ -35,6 +36,7 @@ from motex_db.fitting.imported import IMPORT_RECIPE
 from motex_db.fitting.refine import motif_atoms
 from motex_db.learning import EXTRACTED_SAMPLER_PREFIX
 from motex_db.models import AtomContribution, Dataset, FitConfig, FitResult, Motif, StartingModel, TrainedModel
+from motex_db.series import Decomposition, latest_decomposition
 from motex_db.structures import get_starting_model, permutable_flags
 
 __all__ = ["MotifFit", "Run", "SeriesFrame", "Series", "ReportData", "gather_report", "composition", "extracted_composition", "masks_of"]
@@ -127,6 +129,7 @@ class Series:
     frames: dict[str, list[SeriesFrame]]  # structure name -> one entry per dataset (None-filled when not fitted)
     structures: dict[str, StartingModel]
     model_ids: list[int] = field(default_factory=list)  # every trained model the section draws on
+    decomposition: Optional[Decomposition] = None  # the latest PCA/NMF decomposition of the series
 
     @property
     def times(self) -> np.ndarray:
@@ -349,7 +352,8 @@ def _series(session: Session, name: str, structures: list[StartingModel], counts
         if any_fit:
             frames[structure.name] = entries
             used[structure.name] = structure
-    return Series(name=name, datasets=datasets, frames=frames, structures=used, model_ids=model_ids)
+    return Series(name=name, datasets=datasets, frames=frames, structures=used, model_ids=model_ids,
+                  decomposition=latest_decomposition(session, name))
 
 
 # ---------------------------------------------------------------- the whole report
@@ -398,7 +402,8 @@ def gather_report(
                 run = _run(session, structure, dataset, pair, latest)
                 if run is not None and len(run.fits):
                     runs.append(run)
-        series_sections = [s for s in (_series(session, n, chosen_structures, counts, latest) for n in series_names) if s.frames]
+        series_sections = [s for s in (_series(session, n, chosen_structures, counts, latest) for n in series_names)
+                           if s.frames or s.decomposition is not None]
         if not runs and not series_sections:
             raise InputError(
                 "nothing to report: no successful fits for the chosen structures and datasets "

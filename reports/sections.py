@@ -15,7 +15,9 @@ from motex_db.reports import figures, recompute
 from motex_db.reports.comparison import best_rwp_by_size, contribution_distributions, structure_rows
 from motex_db.reports.data import ReportData, Run, Series, extracted_composition
 from motex_db.reports.html import FigureBlock, esc, facts_html, grid_html, number, table_html
-from motex_db.reports.series import best_against_time, contribution_heatmap
+from motex_db.reports.series import (
+    best_against_time, component_weights, contribution_heatmap, correlation_heatmap, explained_variance_figure,
+)
 from motex_db.reports.structure_view import structure_figure
 
 __all__ = ["header_section", "run_section", "comparison_section", "series_section", "index_ranges"]
@@ -338,11 +340,12 @@ def comparison_section(dataset: str, runs: Sequence[Run], anchor: str) -> str:
 
 
 def series_section(series: Series, anchor: str) -> str:
-    """A time-resolved series: best fits against time, and contributions per frame."""
+    """A time-resolved series: best fits against time, contributions per frame, and its latest decomposition."""
     blocks = [FigureBlock(best_against_time(series), 480,
                           "For each frame, the best Rwp over the sampled motifs (top) and how many permutable atoms "
                           "that motif keeps (bottom), one line per starting structure. A change of the best motif's "
-                          "size over time points to growth, dissolution or a change of motif.", f"{anchor}-best", True)]
+                          "size over time points to growth, dissolution or a change of motif.", f"{anchor}-best", True)
+              ] if series.frames else []
     for k, structure in enumerate(series.frames):
         figure = contribution_heatmap(series, structure)
         if figure is not None:
@@ -353,10 +356,43 @@ def series_section(series: Series, anchor: str) -> str:
                                       "clipped at the 10th and 90th percentile; empty: frame not explained yet). "
                                       "Rows that change colour over time are atoms joining or leaving the motif.",
                                       f"{anchor}-heatmap-{k}", True))
+    blocks += _decomposition_blocks(series, anchor)
     explained = sum(1 for frames in series.frames.values() for f in frames if f.contributions is not None)
+    d = series.decomposition
+    decomposed = (f" Latest decomposition ({d.decomposition_id}): {d.n_components} NMF component"
+                  f"{'s' if d.n_components != 1 else ''} ({esc(', '.join(d.component_names))}), relative error "
+                  f"{d.nmf_relative_error:.4f}." if d is not None else "")
     return "\n".join([
         f'<section id="{esc(anchor)}"><h2>Series {esc(series.name)}</h2>',
         f"<p>{len(series.datasets)} frames ordered by time, {len(series.frames)} starting structure"
-        f"{'s' if len(series.frames) != 1 else ''}; {explained} frame model{'s' if explained != 1 else ''} explained.</p>",
+        f"{'s' if len(series.frames) != 1 else ''}; {explained} frame model{'s' if explained != 1 else ''} explained."
+        f"{decomposed}</p>",
         grid_html(blocks), "</section>",
     ])
+
+
+def _decomposition_blocks(series: Series, anchor: str) -> list[FigureBlock]:
+    """PCA explained variance, NMF weights against time and the frames' correlation matrix (latest decomposition)."""
+    blocks = []
+    figure = explained_variance_figure(series)
+    if figure is not None:
+        blocks.append(FigureBlock(figure, 400,
+                                  "Share of the frames' variance (sum of G², frames not mean-centred) carried by each "
+                                  "principal component, and the running total. The number of components is the "
+                                  "fewest reaching 99 % (dashed line) unless a number was asked for: that is how "
+                                  "many phases or motifs the series holds.", f"{anchor}-pca"))
+    figure = component_weights(series)
+    if figure is not None:
+        blocks.append(FigureBlock(figure, 400,
+                                  "Weight of each NMF component in each frame against time (each component is stored "
+                                  "as a dataset of its own, named in the legend). The weights are scaled so that "
+                                  "they add up to about one per frame (dotted line): read them as phase fractions.",
+                                  f"{anchor}-weights"))
+    figure = correlation_heatmap(series)
+    if figure is not None:
+        n = len(series.decomposition.frame_ids)
+        blocks.append(FigureBlock(figure, int(min(760, max(400, 8 * n + 160))),
+                                  "Pearson correlation of every pair of frames over the decomposition's r range. "
+                                  "Blocks of high correlation are stretches of time with one structure; a sharp "
+                                  "edge is a transition.", f"{anchor}-correlation"))
+    return blocks

@@ -114,6 +114,7 @@ def record(tmp_path_factory) -> str:
     from motex_db.fitting.settings import FitSettings
     from motex_db.fitting.work import fit_catalogue
     from motex_db.learning import train_model
+    from motex_db.series import decompose_series
     from motex_db.simulation import r_grid
     from motex_db.structures import add_starting_model
 
@@ -134,6 +135,7 @@ def record(tmp_path_factory) -> str:
     times.write_text("file,time\n" + "".join(f"{f.name},{t}\n" for f, t in zip(frames, FRAME_TIMES)))
     add_datasets(engine, frames, series=SERIES, times_file=times)
 
+    decompose_series(engine, SERIES, components=2)  # drawn in the series section: PCA, weights, correlations
     for structure, n, datasets in ((STRUCTURE, 300, [DATASET]), (OTHER_STRUCTURE, 200, [DATASET] + [f.stem for f in frames])):
         sample_motifs(engine, structure, n, seed=3)
         for dataset in datasets:
@@ -181,7 +183,7 @@ def test_report_is_one_self_contained_file_and_logged_in_mlflow(record, report):
     page = text.replace(plotly_js, "")
     assert "<script src" not in page and "http://" not in page and "https://" not in page and "<link" not in page
     ids = figure_ids(text)
-    assert len(ids) == len(set(ids)) == 2 * 10 + 2 + 2  # two runs, one comparison, one series
+    assert len(ids) == len(set(ids)) == 2 * 10 + 2 + 5  # two runs, one comparison, one series (with a decomposition)
     for part in ("structure", "contributions", "fit-extracted", "fit-best", "rwp-size", "convergence", "parity", "shap",
                  "loss", "trials"):
         assert sum(i.startswith("run-") and i.endswith(f"-{part}") for i in ids) == 2, part  # one per run
@@ -279,7 +281,7 @@ def test_series_report_alone(record, tmp_path):
     assert result.exit_code == 0, result.stdout + result.stderr
     assert "0 runs" in result.stdout and "1 series" in result.stdout
     ids = figure_ids(out.read_text(encoding="utf-8"))
-    assert ids == ["series-0-best", "series-0-heatmap-0"]
+    assert ids == ["series-0-best", "series-0-heatmap-0", "series-0-pca", "series-0-weights", "series-0-correlation"]
 
 
 def test_report_of_scores_imported_from_elsewhere(tmp_path):

@@ -286,3 +286,18 @@ def test_frames_on_other_grids_are_interpolated_onto_the_first():
         frame_matrix(frames, 0.5, 3.0, series="s")
     with pytest.raises(InputError, match="share no r range"):
         frame_matrix([frames[0], Dataset(name="far", r=np.arange(20.0, 30.0, 0.1), g=np.zeros(100))], series="s")
+
+
+def test_report_draws_a_decomposed_series_without_fits(tmp_path, motex, two_motif):
+    import re
+
+    url = f"sqlite:///{tmp_path / 'motex.db'}"
+    add_series(motex, url, two_motif)
+    assert motex("series", "decompose", SERIES, db=url).exit_code == 0
+    out = tmp_path / "report.html"
+    result = motex("report", "--out", out, db=url)
+    assert result.exit_code == 0, result.output
+    text = out.read_text(encoding="utf-8")
+    ids = re.findall(r'<div id="([^"]+)" class="plotly-graph-div"', text)
+    assert ids == ["series-0-pca", "series-0-weights", "series-0-correlation"]
+    assert "2 NMF components (growth_nmf2_c1, growth_nmf2_c2)" in text
