@@ -91,18 +91,28 @@ def status(
 @structure_app.command("add")
 def structure_add(
     ctx: typer.Context,
-    file: Path = typer.Argument(..., help="Structure file: xyz, extxyz, cif or any format ase.io.read knows."),
+    file: Optional[Path] = typer.Argument(None, help="Structure file: xyz, extxyz, cif or any format ase.io.read knows."),
     name: Optional[str] = typer.Option(None, "--name", help="Name of the starting model (default: the file name)."),
     permute: List[str] = typer.Option(..., "--permute", help="Permutable element (repeat for several)."),
     bond_cutoff: float = typer.Option(2.6, "--bond-cutoff", help="Bond cutoff in Å: other atoms are kept with a kept permutable atom this close."),
     radius: Optional[float] = typer.Option(None, "--radius", help="For a crystal: cut a sphere of this radius (Å) from a supercell around the cell centre."),
+    from_candidate: Optional[int] = typer.Option(None, "--from-candidate", help="Instead of a file: a mined candidate's id (see mine); needs --name and --radius."),
 ) -> None:
     """Add a starting model. The same file with the same choices again gives the existing one."""
-    from motex_db.structures import add_starting_model, summarize
+    from motex_db.structures import add_starting_model, add_starting_model_from_candidate, summarize
 
-    model, created = add_starting_model(engine_of(ctx), file, name, permute, bond_cutoff, radius)
+    if (file is None) == (from_candidate is None):
+        raise MotexError("give either a structure FILE or --from-candidate ID.")
+    if from_candidate is not None:
+        if not name:
+            raise MotexError("--from-candidate needs a --name for the new starting model.")
+        model, created = add_starting_model_from_candidate(engine_of(ctx), from_candidate, name, permute, bond_cutoff, radius)
+        source = f"candidate {from_candidate}"
+    else:
+        model, created = add_starting_model(engine_of(ctx), file, name, permute, bond_cutoff, radius)
+        source = str(file)
     if not created:
-        console.print(f"{file} with these choices is already stored as '{model.name}' (id {model.id}); nothing added.")
+        console.print(f"{source} with these choices is already stored as '{model.name}' (id {model.id}); nothing added.")
     output.print_structure_summary(summarize(model), created)
 
 
@@ -204,4 +214,4 @@ def main() -> None:
 
 
 # The step commands register themselves on `app`.
-from motex_db.cli import report, series, steps  # noqa: E402,F401
+from motex_db.cli import mining, report, series, steps  # noqa: E402,F401

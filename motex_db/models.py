@@ -320,3 +320,133 @@ class FitClaim(SQLModel, table=True):
     # host:pid:token, so a worker on the same host can see that the process is gone
     worker: str
     expires_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+
+
+# --------------------------------------------------------------------------
+# Structure mining: libraries of candidate crystal structures, ranked against a PDF
+# (MLstructureMining, Kjær et al., Digital Discovery 3, 908 (2024)).
+
+
+class Library(SQLModel, table=True):
+    """A named library of candidate crystal structures and the settings their PDFs were simulated with."""
+
+    __tablename__ = "library"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = Field(sa_column=sa.Column(sa.String(200), nullable=False, unique=True))
+    # LibrarySettings.to_dict(): rmax, rstep, qmin, qmax, qdamp, uiso, bundle_pcc, radiation
+    settings: dict = _json_column()
+    created_at: datetime = _created_at()
+
+
+class LibraryClass(SQLModel, table=True):
+    """Structures whose simulated PDFs correlate at Pearson r >= the library's threshold, bundled as one."""
+
+    __tablename__ = "library_class"
+    __table_args__ = (sa.UniqueConstraint("library_id", "class_index", name="uq_library_class_index"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    library_id: int = _foreign_key("library.id")
+    # 0-based, in the order the classes were made
+    class_index: int
+    n_members: int
+    created_at: datetime = _created_at()
+
+
+class LibraryStructure(SQLModel, table=True):
+    """One crystal structure of a library: the file, the crystal, its simulated PDF and its class."""
+
+    model_config = {"arbitrary_types_allowed": True}
+
+    __tablename__ = "library_structure"
+    __table_args__ = (sa.UniqueConstraint("library_id", "content_hash", name="uq_library_structure_content"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    library_id: int = _foreign_key("library.id")
+    # the file name (two folders may hold files of one name: the id tells them apart)
+    name: str
+    source_path: str
+    content_hash: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    formula: str
+    spacegroup: Optional[str] = None
+    # a, b, c (Å), alpha, beta, gamma (degrees)
+    cell: list = _json_column()
+    n_atoms: int
+    # {"symbols", "cell" (3x3, Å), "scaled_positions", "occupancies"}: enough to rebuild the crystal
+    crystal: dict = _json_column()
+    # G(r) on the library's grid 0..rmax (Å^-2)
+    g: np.ndarray = _array_column()
+    class_id: int = _foreign_key("library_class.id")
+    # the first member of its class, whose PDF stands for the class
+    representative: bool = False
+    created_at: datetime = _created_at()
+
+
+class LibraryClassifier(SQLModel, table=True):
+    """An XGBoost classifier of a library's classes, trained on Latin-hypercube-varied simulated PDFs."""
+
+    model_config = {"arbitrary_types_allowed": True}
+
+    __tablename__ = "library_classifier"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    library_id: int = _foreign_key("library.id")
+    # the classes and members it was trained on, the recipe and the seed
+    inputs_hash: str = Field(index=True)
+    n_classes: int
+    n_per_class: int
+    seed: int
+    # model output column k is library_class.id class_ids[k]
+    class_ids: np.ndarray = _array_column()
+    hyperparameters: dict = _json_column()
+    # accuracy, top3_accuracy, log_loss on the held-out test PDFs; best_iteration, training seconds
+    metrics: dict = _json_column()
+    model: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    mlflow_run_id: Optional[str] = None
+    created_at: datetime = _created_at()
+
+
+class MiningResult(SQLModel, table=True):
+    """One ranking of a library's classes for one dataset."""
+
+    __tablename__ = "mining_result"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    dataset_id: int = _foreign_key("dataset.id")
+    library_id: int = _foreign_key("library.id")
+    method: str = Field(
+        sa_column=sa.Column(
+            sa.String(20), sa.CheckConstraint("method IN ('pcc', 'classifier')", name="ck_mining_method"), nullable=False
+        )
+    )
+    classifier_id: Optional[int] = Field(
+        default=None,
+        sa_column=sa.Column(sa.Integer, sa.ForeignKey("library_classifier.id", ondelete="CASCADE"), nullable=True),
+    )
+    # dataset, library state, method, options: the same again reuses this row
+    inputs_hash: str = Field(index=True)
+    # {"top", "refine", "r_min", "r_max", ...}
+    settings: dict = _json_column()
+    # the warning that the PDF is probably outside the catalogue, and the numbers behind it
+    out_of_catalogue: bool
+    confidence: dict = _json_column()
+    seconds: float
+    created_at: datetime = _created_at()
+
+
+class MiningCandidate(SQLModel, table=True):
+    """A ranked candidate of a mining result: a class and its best-matching structure."""
+
+    __tablename__ = "mining_candidate"
+    __table_args__ = (sa.UniqueConstraint("mining_result_id", "rank", name="uq_mining_candidate_rank"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    mining_result_id: int = _foreign_key("mining_result.id")
+    rank: int
+    class_id: int = _foreign_key("library_class.id")
+    structure_id: int = _foreign_key("library_structure.id")
+    # Pearson r (pcc) or class probability (classifier)
+    score: float
+    # the quick refinement: {"scale", "lattice", "uiso", "diameter"} and its Rwp (None when not refined)
+    params: Optional[dict] = _json_column(nullable=True)
+    rwp: Optional[float] = None

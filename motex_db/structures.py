@@ -147,6 +147,65 @@ def add_starting_model(
     if bond_cutoff <= 0:
         raise InputError(f"--bond-cutoff must be positive, not {bond_cutoff}.")
     structure = read_structure(path, radius)
+    return _store_starting_model(engine, structure, name or Path(path).stem, permute, bond_cutoff, radius)
+
+
+def add_starting_model_from_candidate(
+    engine: Engine,
+    candidate_id: int,
+    name: str,
+    permute: Sequence[str] = (),
+    bond_cutoff: float = DEFAULT_BOND_CUTOFF,
+    radius: Optional[float] = None,
+) -> tuple[StartingModel, bool]:
+    """A starting model cut from a mined candidate: a sphere of ``radius`` Å from a supercell of its crystal.
+
+    ``candidate_id`` is a ``mining_candidate`` id. When the candidate was
+    refined, its refined lattice expansion is applied to the cell first, so
+    the model has the data's bond lengths. Returns (row, created) like
+    :func:`add_starting_model`.
+    """
+    import ase
+
+    from motex_db.models import LibraryStructure, MiningCandidate
+
+    if not permute:
+        raise InputError("name the permutable elements with --permute EL (for example --permute W).")
+    if bond_cutoff <= 0:
+        raise InputError(f"--bond-cutoff must be positive, not {bond_cutoff}.")
+    if radius is None:
+        raise InputError("--from-candidate cuts a sphere from the candidate's crystal: give its --radius R (Å).")
+    if radius <= 0:
+        raise InputError(f"--radius must be positive, not {radius}.")
+    with Session(engine) as session:
+        candidate = session.get(MiningCandidate, candidate_id)
+        if candidate is None:
+            raise InputError(
+                f"there is no mined candidate with id {candidate_id} (see motex-db sql \"SELECT * FROM mined_candidate\")."
+            )
+        crystal = session.get(LibraryStructure, candidate.structure_id)
+        lattice = float((candidate.params or {}).get("lattice") or 1.0)
+        record, source = crystal.crystal, crystal.name
+    atoms = ase.Atoms(
+        symbols=list(record["symbols"]), scaled_positions=record["scaled_positions"],
+        cell=np.asarray(record["cell"], dtype=float) * lattice, pbc=True,
+    )
+    positions, elements = _sphere_from_crystal(atoms, radius)
+    if len(elements) == 0:
+        raise InputError(f"a sphere of radius {radius} Å around the cell centre of {source} holds no atoms.")
+    key = json.dumps([record, round(lattice, 8)], sort_keys=True)
+    structure = Structure(
+        elements=list(elements), positions=np.asarray(positions, dtype=float),
+        source_file=f"{source} (mined candidate {candidate_id}, lattice x{lattice:.4f})",
+        content_hash=hashlib.sha256(key.encode()).hexdigest(),
+    )
+    return _store_starting_model(engine, structure, name, permute, bond_cutoff, radius)
+
+
+def _store_starting_model(
+    engine: Engine, structure: Structure, name: str, permute: Sequence[str], bond_cutoff: float,
+    radius: Optional[float],
+) -> tuple[StartingModel, bool]:
     present = sorted(set(structure.elements))
     missing = [el for el in permute if el not in present]
     if missing:
@@ -154,7 +213,6 @@ def add_starting_model(
             f"{structure.source_file} has no {', '.join(missing)} atoms to permute "
             f"(it has {', '.join(present)})."
         )
-    name = name or Path(path).stem
     identity = identity_hash(structure.content_hash, permute, bond_cutoff, radius)
     flags = permutable_flags(structure.elements, permute)
     with transaction(engine) as session:
