@@ -55,7 +55,7 @@ def test_two_motif_series_gives_two_components_that_track_the_fractions(db_url, 
     result = motex("series", "decompose", SERIES, db=db_url)
     assert result.exit_code == 0, result.output
     assert "components: 2 (auto" in result.stdout
-    assert f"growth_nmf2_c1, 2: growth_nmf2_c2" in result.stdout and "frame_0015" in result.stdout
+    assert "1: growth_nmf2_c1, 2: growth_nmf2_c2" in result.stdout and "frame_0015" in result.stdout
 
     engine = open_engine(db_url)
     with Session(engine) as session:
@@ -92,7 +92,7 @@ def test_two_motif_series_gives_two_components_that_track_the_fractions(db_url, 
             curves.append(dataset.g)
             for weight in session.exec(select(ComponentWeight).where(ComponentWeight.series_component_id == component.id)):
                 weights[position[weight.frame_dataset_id], j] = weight.weight
-        assert session.exec(select(ComponentWeight)).all().__len__() == 2 * N_FRAMES
+        assert len(session.exec(select(ComponentWeight)).all()) == 2 * N_FRAMES
     engine.dispose()
 
     # the stored components and weights restate the NMF model exactly (module docstring):
@@ -161,7 +161,7 @@ def test_bad_input_exits_2_with_one_sentence_and_changes_nothing(db_url, motex, 
 
 def test_fit_runs_on_a_component_like_on_any_dataset(tmp_path, motex, two_motif):
     from motex_db.db import open_engine
-    from motex_db.models import Dataset, FitResult, Motif
+    from motex_db.models import Dataset, FitConfig, FitResult, Motif
 
     url = f"sqlite:///{tmp_path / 'motex.db'}"
     add_series(motex, url, two_motif)
@@ -176,13 +176,9 @@ def test_fit_runs_on_a_component_like_on_any_dataset(tmp_path, motex, two_motif)
     with Session(engine) as session:
         component = session.exec(select(Dataset).where(Dataset.name == f"{SERIES}_nmf2_c2")).one()
         fits = session.exec(select(FitResult).where(FitResult.dataset_id == component.id)).all()
-        config = fits[0]
+        fit_config = session.get(FitConfig, fits[0].fit_config_id)
     assert len(fits) == 30 and all(f.status == "ok" for f in fits)
     # the Q window came from the component's header, copied from the first frame
-    from motex_db.models import FitConfig
-
-    with Session(engine) as session:
-        fit_config = session.get(FitConfig, config.fit_config_id)
     assert (fit_config.qmin, fit_config.qmax) == (two_motif[0].header["qmin"], two_motif[0].header["qmax"])
     # the late component is motif A's PDF: A fits it far better than B (both added by hand to the catalogue)
     masks = tmp_path / "masks.txt"
