@@ -186,8 +186,8 @@ def read_crystal(path: str | Path) -> CrystalEntry:
     try:
         atoms = ase.io.read(str(path))
     except Exception as exc:  # ase raises many types for unreadable files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{path.name}: not readable as a crystal ({reason[:120]})") from None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise InputError(f"{path.name}: not readable as a crystal" + (f" ({reason[:120]})" if reason else "")) from None
     if len(atoms) == 0:
         raise InputError(f"{path.name}: holds no atoms")
     if not atoms.pbc.all() or atoms.cell.rank != 3 or atoms.cell.volume < 1e-3:

@@ -1,0 +1,84 @@
+"""Structure mining benchmark: library add of 1,000 generated CIFs, a classifier of ~100 classes, mine latency.
+
+    flock /tmp/motex-bench.lock .venv/bin/python benchmarks/bench_library.py [--n-cifs 1000] [--n-classifier 150]
+
+Everything through the real CLI on a fresh SQLite record, process start
+included. The CIFs are the generated oxide types (rocksalt, fluorite, spinel,
+perovskite, rutile, wurtzite, corundum) with lattices scaled by 0.85-1.15
+(``motex_db.crystal_examples.variant_crystals``). The "measured" PDF is a
+3 nm CoFe2O4 particle (cluster calculator, Qmax 20, 2 % noise). Prints one
+line per figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def run(*args: str, db: str, cwd: Path) -> tuple[float, str]:
+    executable = str(Path(sys.executable).with_name("motex-db"))
+    started = time.perf_counter()
+    done = subprocess.run([executable, "--db", db, *args], cwd=cwd, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"motex-db {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return seconds, done.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n-cifs", type=int, default=1000)
+    parser.add_argument("--n-classifier", type=int, default=150, help="CIFs of the classifier's library (about 100 classes)")
+    parser.add_argument("--repeats", type=int, default=5, help="mine calls for the latency median")
+    args = parser.parse_args()
+
+    from motex_db.crystal_examples import example_crystals, nanoparticle_pdf, variant_crystals, write_example_cifs
+    from motex_db.datasets import write_gr
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-library-"))
+    try:
+        db = f"sqlite:///{folder / 'motex.db'}"
+        write_example_cifs(folder / "cifs", variant_crystals(args.n_cifs, seed=1))
+        write_example_cifs(folder / "small", variant_crystals(args.n_classifier, seed=2))
+        r = np.arange(0.5, 30.0001, 0.01)
+        atoms = dict(example_crystals())["spinel_CoFe2O4"]
+        write_gr(folder / "np.gr", r, nanoparticle_pdf(atoms, r, diameter=30, qmax=20, seed=3),
+                 {"qmin": 0.8, "qmax": 20, "qdamp": 0.03}, "3 nm CoFe2O4")
+        run("init", db=db, cwd=folder)
+        run("data", "add", "np.gr", "--name", "np", db=db, cwd=folder)
+
+        seconds, out = run("library", "add", "cifs", "--name", "big", db=db, cwd=folder)
+        print(f"library add, {args.n_cifs} CIFs: {seconds:.1f} s ({args.n_cifs / seconds:.1f} CIFs/s); {out.strip().splitlines()[-1]}")
+        seconds_again, _ = run("library", "add", "cifs", "--name", "big", db=db, cwd=folder)
+        print(f"library add again (nothing new): {seconds_again:.1f} s")
+
+        pcc = [run("mine", "np", "--library", "big", "--top", str(5 + k), db=db, cwd=folder)[0] for k in range(args.repeats)]
+        print(f"mine --method pcc, {args.n_cifs} structures: median {statistics.median(pcc):.2f} s over {args.repeats} (process start included)")
+        refine = [run("mine", "np", "--library", "big", "--top", str(5 + k), "--refine", db=db, cwd=folder)[0] for k in range(args.repeats)]
+        print(f"mine --refine (5-9 candidates refined): median {statistics.median(refine):.2f} s")
+
+        _, out = run("library", "add", "small", "--name", "small", db=db, cwd=folder)
+        print(f"classifier library: {out.strip().splitlines()[-1]}")
+        seconds, out = run("library", "train", "small", db=db, cwd=folder)
+        trained = [line for line in out.splitlines() if line.startswith("trained classifier")]
+        print(f"library train (100 PDFs per class): {seconds:.1f} s; {trained[0] if trained else out.strip()}")
+        classifier = [run("mine", "np", "--library", "small", "--method", "classifier", "--top", str(5 + k), db=db, cwd=folder)[0]
+                      for k in range(args.repeats)]
+        print(f"mine --method classifier: median {statistics.median(classifier):.2f} s over {args.repeats} (process start included)")
+        start, _ = run("sql", "SELECT 1", db=db, cwd=folder)
+        print(f"(motex-db process start and a trivial query: {start:.2f} s)")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
