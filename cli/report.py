@@ -38,6 +38,8 @@ def report(
         covered.append(f"{written.n_comparisons} comparison{'s' if written.n_comparisons != 1 else ''} of structures")
     if written.n_series:
         covered.append(f"{written.n_series} series")
+    if written.n_minings:
+        covered.append(f"{written.n_minings} structure mining result{'s' if written.n_minings != 1 else ''}")
     console.print(
         f"wrote {written.path} ({written.size_bytes / 1e6:.1f} MB, {written.n_figures} figures: {', '.join(covered)})."
     )

@@ -364,8 +364,12 @@ def gather_report(
     structures: Optional[Sequence[str]] = None,
     datasets: Optional[Sequence[str]] = None,
     series: Optional[Sequence[str]] = None,
+    allow_empty: bool = False,
 ) -> ReportData:
     """Read what the report shows; names not in the record are refused with :class:`InputError`.
+
+    ``allow_empty``: return no runs and series instead of refusing (the report
+    has other sections, such as structure mining, to show).
 
     ``structures`` limits every section to those starting structures.
     ``datasets`` picks the datasets of the per-run sections (frames of a
@@ -404,7 +408,7 @@ def gather_report(
                     runs.append(run)
         series_sections = [s for s in (_series(session, n, chosen_structures, counts, latest) for n in series_names)
                            if s.frames or s.decomposition is not None]
-        if not runs and not series_sections:
+        if not runs and not series_sections and not allow_empty:
             raise InputError(
                 "nothing to report: no successful fits for the chosen structures and datasets "
                 "(run motex-db sample and fit first)."

@@ -41,10 +41,15 @@ class WrittenReport:
     mlflow_run_ids: list[str] = field(default_factory=list)  # runs holding the file as an artefact
     mlflow_tagged_run_ids: list[str] = field(default_factory=list)  # series runs tagged with a link to it
     mlflow_missing_run_ids: list[str] = field(default_factory=list)  # recorded runs the tracking store does not have
+    n_minings: int = 0  # structure-mining sections
 
 
-def render_report(engine: Engine, data: ReportData, on_section: Callable[[str], None] = lambda title: None) -> str:
-    """The report's HTML for gathered ``data`` (recomputes fits, test predictions, SHAP, convergence)."""
+def render_report(engine: Engine, data: ReportData, on_section: Callable[[str], None] = lambda title: None,
+                  minings: Sequence = ()) -> str:
+    """The report's HTML for gathered ``data`` (recomputes fits, test predictions, SHAP, convergence)
+    and structure-mining results (:func:`motex_db.reports.mining.gather_mining`)."""
+    from motex_db.reports.mining import mining_section
+
     sections, nav = [], []
     for run in data.runs:
         on_section(run.title)
@@ -60,6 +65,11 @@ def render_report(engine: Engine, data: ReportData, on_section: Callable[[str], 
         on_section(f"series {series.name}")
         sections.append(series_section(series, anchor))
         nav.append((anchor, f"series {series.name}"))
+    for k, view in enumerate(minings):
+        anchor = f"mining-{k}"
+        on_section(f"structure mining: {view.title}")
+        sections.append(mining_section(view, anchor))
+        nav.append((anchor, f"mining {view.dataset.name} ({view.result.method})"))
     footer = ("Figures are interactive: hover for values, drag to zoom (double-click to reset), click legend entries "
               "to hide them; the camera icon saves a PNG. Query the same numbers with <code>motex-db sql</code>.")
     return page_html("motex-db report", header_section(data), nav, sections, footer)
@@ -90,8 +100,12 @@ def write_report(
         raise InputError(f"{out_path} is a folder; give the report's file name, such as {out_path / 'report.html'}.")
     if not out_path.parent.exists():
         raise InputError(f"the folder {out_path.parent} does not exist.")
-    data = gather_report(engine, structures, datasets, series)
-    text = render_report(engine, data, on_section)
+    from motex_db.reports.mining import gather_mining
+
+    # mining results of the chosen datasets (all, unless datasets or only series were chosen)
+    minings = [] if series and not datasets else gather_mining(engine, datasets)
+    data = gather_report(engine, structures, datasets, series, allow_empty=bool(minings))
+    text = render_report(engine, data, on_section, minings)
     handle, scratch = tempfile.mkstemp(prefix=f".{out_path.name}.", dir=out_path.parent)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
@@ -105,6 +119,7 @@ def write_report(
         path=out_path, n_runs=len(data.runs), n_comparisons=len(data.comparisons), n_series=len(data.series),
         n_figures=text.count('class="plotly-graph-div"'), size_bytes=out_path.stat().st_size,
         mlflow_run_ids=logged, mlflow_tagged_run_ids=tagged, mlflow_missing_run_ids=missing,
+        n_minings=len(minings),
     )
 
 

@@ -332,3 +332,42 @@ def test_report_refuses_what_it_cannot_do(record, tmp_path):
     result = run_cli("report", "--out", tmp_path / "r.html", db=empty)
     assert result.exit_code == 2 and "nothing to report" in result.stderr
     assert not (tmp_path / "r.html").exists()
+
+
+def test_structure_mining_section_renders_in_headless_chromium(tmp_path):
+    """A record with only structure mining: the candidates' table and their fits, drawn in a real browser."""
+    from motex_db.crystal_examples import example_crystals, nanoparticle_pdf, write_example_cifs
+    from motex_db.datasets import write_gr
+
+    url = f"sqlite:///{tmp_path / 'motex.db'}"
+    crystals = [c for c in example_crystals() if c[0].startswith("spinel") or c[0] in ("rocksalt_MgO", "rocksalt_NiO")]
+    write_example_cifs(tmp_path / "cifs", crystals)
+    r = np.arange(0.5, 25.0001, 0.01)
+    g = nanoparticle_pdf(dict(crystals)["spinel_CoFe2O4"], r, diameter=30.0, qmax=20.0, seed=0)
+    write_gr(tmp_path / "np.gr", r, g, {"qmin": 0.8, "qmax": 20.0, "qdamp": 0.03}, "3 nm CoFe2O4")
+    for args in (("library", "add", tmp_path / "cifs", "--name", "oxides"), ("data", "add", tmp_path / "np.gr", "--name", "np"),
+                 ("mine", "np", "--library", "oxides", "--top", "4", "--refine")):
+        result = run_cli(*args, db=url)
+        assert result.exit_code == 0, result.output
+    out = tmp_path / "mining.html"
+    result = run_cli("report", "--out", out, db=url)
+    assert result.exit_code == 0, result.output
+    assert "1 structure mining result" in result.stdout
+    text = out.read_text(encoding="utf-8")
+    ids = figure_ids(text)
+    assert ids == ["mining-0-fit-1", "mining-0-fit-2", "mining-0-fit-3"]
+    assert "Structure mining: np mined in oxides (pcc)" in text and "spinel_CoFe2O4.cif" in text
+    assert "--from-candidate" in text
+    if CHROMIUM is None:
+        pytest.skip("headless Chromium is not installed: the HTML was checked, not its rendering")
+    probed = tmp_path / "probed.html"
+    probed.write_text(text.replace("<head>", "<head>\n" + PROBE, 1), encoding="utf-8")
+    dumped = chromium(probed, "--dump-dom")
+    found = re.search(r'<pre id="motex-probe"[^>]*>(.*?)</pre>', dumped.stdout, re.S)
+    assert found, f"the page never finished loading in Chromium: {dumped.stderr[-2000:]}"
+    probe = json.loads(html.unescape(found.group(1)))
+    assert probe["errors"] == [] and probe["plotly"] == "object"
+    assert [f["id"] for f in probe["figures"]] == ids
+    for figure in probe["figures"]:
+        assert figure["svg"] >= 1 and figure["traces"] == 3 and figure["height"] >= 300, figure
+    assert probe["scrollWidth"] <= 1280
