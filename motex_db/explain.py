@@ -429,6 +429,17 @@ def log_explanation(record_url: str, outcome: ExplainOutcome, files: dict, mlflo
 # Step 4 for a time-resolved series: `motex-db explain --series`
 
 
+@dataclass(frozen=True)
+class _StoredContributions:
+    """A frame's contributions read back from its ``atom_contribution`` rows."""
+
+    atom_index: np.ndarray
+    contribution: np.ndarray
+    uncertainty: np.ndarray
+    confidence: np.ndarray
+    overall_confidence: float
+
+
 @dataclass
 class SeriesExplainOutcome:
     """Contributions of every frame's model of a series, and each frame's extracted motif."""
@@ -502,31 +513,42 @@ def explain_series(
                 f"({', '.join(map(str, sorted(config_ids)))}): run motex-db train --series {series} again."
             )
         config = session.get(FitConfig, config_ids.pop())
-        stored = set(session.exec(
-            select(AtomContribution.trained_model_id)
+        stored: dict[int, list] = {}
+        for row in session.exec(
+            select(AtomContribution)
             .where(AtomContribution.trained_model_id.in_([t.id for t in trained.values()]))
-            .distinct()
-        ).all())
+            .order_by(AtomContribution.trained_model_id, AtomContribution.atom_index)
+        ).all():
+            stored.setdefault(row.trained_model_id, []).append(row)
     flags = permutable_flags(model.elements, model.permutable_elements)
     perm_elements = [e for e, f in zip(model.elements, flags) if f]
     found_by_frame, created = {}, set()
     for done, frame in enumerate(frames, start=1):
         row = trained[frame.id]
+        if row.id in stored:
+            # explained before: the stored rows are the answer (no SHAP again)
+            rows = stored[row.id]
+            found_by_frame[frame.id] = _StoredContributions(
+                np.array([c.atom_index for c in rows]), np.array([c.contribution for c in rows]),
+                np.array([c.uncertainty for c in rows]), np.array([c.confidence for c in rows]),
+                float(row.overall_confidence),
+            )
+            on_frame(done, len(frames))
+            continue
         with Session(engine) as session:
             _, _, X_train = _training_set(session, row, model.n_permutable)
         found = atom_contributions(shap_values(model_from_json(row.model), X_train), X_train)
-        if row.id not in stored:
-            with transaction(engine) as session:
-                session.add_all([
-                    AtomContribution(trained_model_id=row.id, atom_index=int(i), element=e, contribution=float(c),
-                                     uncertainty=float(u), confidence=float(k))
-                    for i, e, c, u, k in zip(found.atom_index, perm_elements, found.contribution,
-                                             found.uncertainty, found.confidence)
-                ])
-                stored_row = session.get(TrainedModel, row.id)
-                stored_row.overall_confidence = float(found.overall_confidence)
-                session.add(stored_row)
-            created.add(frame.id)
+        with transaction(engine) as session:
+            session.add_all([
+                AtomContribution(trained_model_id=row.id, atom_index=int(i), element=e, contribution=float(c),
+                                 uncertainty=float(u), confidence=float(k))
+                for i, e, c, u, k in zip(found.atom_index, perm_elements, found.contribution,
+                                         found.uncertainty, found.confidence)
+            ])
+            stored_row = session.get(TrainedModel, row.id)
+            stored_row.overall_confidence = float(found.overall_confidence)
+            session.add(stored_row)
+        created.add(frame.id)
         found_by_frame[frame.id] = found
         on_frame(done, len(frames))
 
