@@ -284,17 +284,17 @@ class ClassifierOutcome:
     seconds: float = 0.0
 
 
-def _library_state(session: Session, library: Library) -> tuple[list[int], list[dict], str]:
-    """The library's class ids (by index), their representatives' crystals, and a hash of the class membership."""
+def _library_state(session: Session, library: Library) -> tuple[list[int], list[int], str]:
+    """The library's class ids (by index), their representatives' ids, and a hash of both with the settings."""
     rows = session.exec(
-        select(LibraryClass.id, LibraryStructure.id, LibraryStructure.crystal)
+        select(LibraryClass.id, LibraryStructure.id)
         .join(LibraryStructure, LibraryStructure.class_id == LibraryClass.id)
         .where(LibraryClass.library_id == library.id)
         .where(LibraryStructure.representative)
         .order_by(LibraryClass.class_index)
     ).all()
     digest = hashlib.sha256(json.dumps([library.id, library.settings, [[r[0], r[1]] for r in rows]], sort_keys=True).encode())
-    return [r[0] for r in rows], [r[2] for r in rows], digest.hexdigest()
+    return [r[0] for r in rows], [r[1] for r in rows], digest.hexdigest()
 
 
 def train_classifier(
@@ -315,7 +315,7 @@ def train_classifier(
         raise InputError(f"--per-class must be at least 10 (80/10/10 split), not {n_per_class}.")
     with Session(engine) as session:
         library = get_library(session, library_name)
-        class_ids, crystals, state = _library_state(session, library)
+        class_ids, representatives, state = _library_state(session, library)
         settings = LibrarySettings.from_dict(library.settings)
         inputs = hashlib.sha256(json.dumps(
             [CLASSIFIER_VERSION, state, n_per_class, seed, HYPERPARAMETERS], sort_keys=True).encode()).hexdigest()
@@ -331,6 +331,11 @@ def train_classifier(
     if len(class_ids) < 2:
         raise InputError(f"library '{library_name}' has {len(class_ids)} class; a classifier needs at least 2.")
     started = time.perf_counter()
+    with Session(engine) as session:
+        crystal_of = dict(session.exec(
+            select(LibraryStructure.id, LibraryStructure.crystal).where(LibraryStructure.id.in_(representatives))
+        ).all())
+    crystals = [crystal_of[i] for i in representatives]
     simulated = training_set(crystals, settings, n_per_class, seed,
                              on_progress=(lambda d, t: on_progress("simulating", d, t)) if on_progress else None)
     X = features(simulated, settings)
