@@ -56,7 +56,7 @@ from motex_db.pdf.crystal import MARGIN, crystal_pairs, crystal_pdf, tied_axes
 __all__ = [
     "METHODS", "FLAT_TOP3", "PCC_OUTSIDE", "Refinement", "MiningOutcome", "ClassifierOutcome",
     "measured_on_grid", "features", "rank_by_pcc", "refine_candidate", "training_set", "train_classifier",
-    "flatness", "mine",
+    "flatness", "mine", "q_settings",
 ]
 
 METHODS = ("pcc", "classifier")
@@ -475,7 +475,7 @@ class MiningOutcome:
     classifier: Optional[ClassifierOutcome] = None
 
 
-def _q_settings(dataset: Dataset, settings: LibrarySettings) -> tuple[float, float, float]:
+def q_settings(dataset: Dataset, settings: LibrarySettings) -> tuple[float, float, float]:
     """Qmin, Qmax, qdamp of the data: the file header's where it gives them, else the library's."""
     meta = dataset.meta or {}
 
@@ -570,7 +570,7 @@ def mine(
         outside = outside or bool(confidence["top3_probability"] < FLAT_TOP3)
     refinements: dict[int, dict] = {}
     if refine:
-        qmin, qmax, qdamp = _q_settings(dataset, settings)
+        qmin, qmax, qdamp = q_settings(dataset, settings)
         with Session(engine) as session:
             crystals = {cid: session.get(LibraryStructure, best_member[int(cid)]).crystal for cid in chosen}
         for k, cid in enumerate(chosen):

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from motex_db.library import LibrarySettings
-from motex_db.mining import refine_candidate
+from motex_db.mining import q_settings, refine_candidate
 from motex_db.models import Dataset, Library, LibraryStructure, MiningCandidate, MiningResult
 from motex_db.reports.html import FigureBlock, esc, grid_html, number, table_html
 from motex_db.reports.style import base_layout
@@ -71,7 +71,8 @@ def _fit_figure(view: MiningView, candidate: MiningCandidate, structure: Library
         refined = refine_candidate(structure.crystal, settings, view.dataset.r, view.dataset.g,
                                    params.get("qmin"), params.get("qmax"), params.get("qdamp"), start=params)
     else:
-        refined = refine_candidate(structure.crystal, settings, view.dataset.r, view.dataset.g)
+        qmin, qmax, qdamp = q_settings(view.dataset, settings)
+        refined = refine_candidate(structure.crystal, settings, view.dataset.r, view.dataset.g, qmin, qmax, qdamp)
     difference = refined.g_obs - refined.g_calc
     offset = float(min(refined.g_obs.min(), refined.g_calc.min()) - 1.2 * np.abs(difference).max())
     fig = go.Figure()
