@@ -147,6 +147,12 @@ class Record:
         clause = f"WHERE {' AND '.join(where)} " if where else ""
         return self._frame(f"SELECT * FROM contribution {clause}ORDER BY trained_model_id, atom_index", **params)
 
+    def candidates(self, dataset: Optional[str] = None) -> pd.DataFrame:
+        """Mined candidates (the ``mined_candidate`` view), optionally of one dataset, latest ranking first."""
+        clause = "WHERE dataset = :dataset " if dataset is not None else ""
+        params = {"dataset": dataset} if dataset is not None else {}
+        return self._frame(f"SELECT * FROM mined_candidate {clause}ORDER BY mining_result_id DESC, rank", **params)
+
     def status(self) -> pd.DataFrame:
         """Per structure and dataset: motifs, fits done and failed, best Rwp, trained models."""
         return self._frame(_STATUS_QUERY)

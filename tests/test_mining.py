@@ -174,6 +174,11 @@ def test_mining_on_postgresql_and_sqlite(motex, db_url, tmp_path):
     assert "spinel_CoFe2O4.cif" in first_row
     rows = motex("sql", "SELECT rank, structure, rwp FROM mined_candidate ORDER BY rank", "--csv", db=db_url).stdout
     assert len(rows.splitlines()) == 4 and "spinel_CoFe2O4.cif" in rows.splitlines()[1]
+    import motex_db
+
+    frame = motex_db.open_record(db_url).candidates("np")
+    assert list(frame["rank"]) == [1, 2, 3] and frame["structure"][0] == "spinel_CoFe2O4.cif"
+    assert frame["rwp"][0] < 0.2
 
 
 def test_mine_and_from_candidate_refuse_bad_input(motex, db_url, tmp_path):
