@@ -260,6 +260,7 @@ def explain(
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the contributions table, coloured structure, SHAP plot and extracted motif."),
     min_confidence: Optional[float] = typer.Option(None, "--min-confidence", help="Extract only atoms at least this confident."),
     mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help=MLFLOW_HELP),
+    shap_motifs: int = typer.Option(1000, "--shap-motifs", help="With --series: training motifs explained per frame (a seeded subset; 0: all)."),
 ) -> None:
     """Step 4: each atom's contribution to the fit quality (SHAP), and the extracted motif, fitted."""
     import tempfile
@@ -270,7 +271,7 @@ def explain(
     _data_or_series(data, series)
     engine = engine_of(ctx)
     if series is not None:
-        _explain_series(engine, structure, series, model, out, min_confidence, mlflow_uri)
+        _explain_series(engine, structure, series, model, out, min_confidence, mlflow_uri, shap_motifs)
         return
     outcome = explain_model(engine, structure, data, model, min_confidence)
     with tempfile.TemporaryDirectory() as scratch:
@@ -279,7 +280,7 @@ def explain(
     output.print_explain_outcome(outcome, files if out else None)
 
 
-def _explain_series(engine, structure, series, model, out, min_confidence, mlflow_uri) -> None:
+def _explain_series(engine, structure, series, model, out, min_confidence, mlflow_uri, shap_motifs) -> None:
     import tempfile
 
     from motex_db.explain import explain_series, log_series_explanation
@@ -287,8 +288,10 @@ def _explain_series(engine, structure, series, model, out, min_confidence, mlflo
 
     if model is not None:
         raise InputError("--model picks one trained model: with --series every frame's latest model is explained.")
+    if shap_motifs < 0:
+        raise InputError(f"--shap-motifs must be 0 (all) or more, not {shap_motifs}.")
     with output.series_progress("explaining frames") as (_, on_frame):
-        outcome = explain_series(engine, structure, series, min_confidence, on_frame)
+        outcome = explain_series(engine, structure, series, min_confidence, on_frame, shap_motifs)
     with tempfile.TemporaryDirectory() as scratch:
         files = write_series_explanation_files(outcome, out or Path(scratch))
         log_series_explanation(engine.url.render_as_string(hide_password=False), outcome, files, mlflow_uri)
