@@ -485,8 +485,8 @@ def explain_series(
     motifs (``None`` or 0: all of them). The frames of a series share their
     catalogue and split, so every frame is explained on the same motifs. The
     contribution is a difference of two means over about ``shap_motifs``/2
-    motifs each; the subset moves it by about uncertainty / sqrt(shap_motifs/2),
-    a few per cent of the uncertainty, and leaves the uncertainty (a standard
+    motifs each; the subset moves it by about 2 x uncertainty / sqrt(shap_motifs)
+    (6 % of the uncertainty for 1000), and leaves the uncertainty (a standard
     deviation) unbiased. The number used is stored in the model's
     ``training_log`` as ``explained_motifs``.
     """
