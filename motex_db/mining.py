@@ -176,7 +176,8 @@ def refine_candidate(
     qmax = settings.qmax if qmax is None else qmax
     qdamp = settings.qdamp if qdamp is None else qdamp
     symbols, cell, frac, occupancies = crystal_from_record(crystal)
-    pairs = crystal_pairs(symbols, cell, frac, occupancies, reach=float(rf.max()) + MARGIN, min_scale=0.9,
+    # gathered for the whole window: the fit uses every few points, the final curve all of them
+    pairs = crystal_pairs(symbols, cell, frac, occupancies, reach=float(r_all.max()) + MARGIN, min_scale=0.9,
                           radiation=settings.radiation, group="distance").binned(0.002)
 
     def curves(lattice, uiso, inv_diameter) -> np.ndarray:

@@ -222,3 +222,23 @@ def test_mine_and_from_candidate_refuse_bad_input(motex, db_url, tmp_path):
         result = motex("structure", "add", "--from-candidate", candidate, *args, db=db_url)
         assert result.exit_code == 2 and words in result.stderr, (args, result.output)
     assert snapshot(db_url) == before
+
+
+@pytest.mark.parametrize("step, end", [(0.01, 29.99), (0.005, 29.995), (0.01, 25.0)])
+def test_refinement_covers_every_point_of_an_ordinary_data_grid(tmp_path, step, end):
+    """The fit uses every few points; the reported curve is on all of them, up to the last one."""
+    from motex_db.crystal_examples import example_crystals, nanoparticle_pdf, write_example_cifs
+    from motex_db.library import LibrarySettings, read_crystal
+    from motex_db.mining import refine_candidate
+
+    atoms = dict(example_crystals())["rocksalt_MgO"]
+    path = write_example_cifs(tmp_path, [("rocksalt_MgO", atoms)])[0]
+    r = np.round(np.arange(0.5, end + step / 2, step), 6)
+    assert r[-1] == pytest.approx(end)
+    g = nanoparticle_pdf(atoms, r, diameter=30.0, qmin=0.8, qmax=25.0, qdamp=0.04, noise=0.0, seed=0)
+    settings = LibrarySettings()
+    refined = refine_candidate(read_crystal(path).crystal, settings, r, g)
+    assert refined.r[-1] == pytest.approx(end) and refined.g_calc.shape == refined.r.shape
+    assert refined.rwp < 0.3
+    again = refine_candidate(read_crystal(path).crystal, settings, r, g, start=refined.params())
+    assert again.rwp == pytest.approx(refined.rwp, rel=1e-6)
