@@ -298,6 +298,19 @@ def _library_state(session: Session, library: Library) -> tuple[list[int], list[
     return [r[0] for r in rows], [r[1] for r in rows], digest.hexdigest()
 
 
+def _members_state(session: Session, library: Library) -> list[list]:
+    """Every class id of the library with the ids of all its member structures (what a ranking depends on)."""
+    rows = session.exec(
+        select(LibraryStructure.class_id, LibraryStructure.id)
+        .where(LibraryStructure.library_id == library.id)
+        .order_by(LibraryStructure.class_id, LibraryStructure.id)
+    ).all()
+    members: dict[int, list[int]] = {}
+    for class_id, structure_id in rows:
+        members.setdefault(int(class_id), []).append(int(structure_id))
+    return [[class_id, ids] for class_id, ids in members.items()]
+
+
 def train_classifier(
     engine: Engine,
     library_name: str,
@@ -521,7 +534,9 @@ def mine(
         if dataset.r is None or dataset.g is None:
             raise InputError(f"dataset '{dataset_name}' holds no PDF (imported scores) to mine with.")
         settings = LibrarySettings.from_dict(library.settings)
-        _, _, state = _library_state(session, library)
+        # a new file joining a class changes neither the classes nor their representatives (the
+        # classifier's state) but can change the best member and the scores: the ranking hashes every member
+        members = _members_state(session, library)
     measured, covered = measured_on_grid(dataset.r, dataset.g, settings)
     if covered.sum() < 10:
         raise InputError(
@@ -532,7 +547,8 @@ def mine(
     if method == "classifier":
         classifier = train_classifier(engine, library_name, n_per_class, seed, mlflow_uri, on_progress)
     inputs = hashlib.sha256(json.dumps(
-        [dataset.id, dataset.content_hash, state, method, top, refine, classifier.classifier_id if classifier else None],
+        [dataset.id, dataset.content_hash, library.id, library.settings, members, method, top, refine,
+         classifier.classifier_id if classifier else None],
         sort_keys=True).encode()).hexdigest()
     with Session(engine) as session:
         existing = session.exec(select(MiningResult).where(MiningResult.inputs_hash == inputs)).first()

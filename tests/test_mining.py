@@ -242,3 +242,31 @@ def test_refinement_covers_every_point_of_an_ordinary_data_grid(tmp_path, step, 
     assert refined.rwp < 0.3
     again = refine_candidate(read_crystal(path).crystal, settings, r, g, start=refined.params())
     assert again.rwp == pytest.approx(refined.rwp, rel=1e-6)
+
+
+def test_mining_again_after_a_file_joined_a_class_ranks_afresh(motex, db_url, tmp_path):
+    """A new CIF that joins an existing class changes no class, but can be the better member: a new ranking."""
+    from motex_db.crystal_examples import example_crystals, write_example_cifs
+
+    crystals = dict(example_crystals())
+    bigger = crystals["spinel_CoFe2O4"].copy()
+    bigger.set_cell(bigger.cell[:] * 1.001, scale_atoms=True)
+    write_example_cifs(tmp_path / "first", [("CoFe2O4_bigger", bigger), ("rocksalt_MgO", crystals["rocksalt_MgO"])])
+    write_example_cifs(tmp_path / "second", [("spinel_CoFe2O4", crystals["spinel_CoFe2O4"])])
+    assert motex("library", "add", tmp_path / "first", "--name", "lib", db=db_url).exit_code == 0
+    files = write_measured(tmp_path, ["spinel_CoFe2O4"])
+    assert motex("data", "add", files["spinel_CoFe2O4"], "--name", "np", db=db_url).exit_code == 0
+    first = motex("mine", "np", "--library", "lib", "--top", "2", db=db_url)
+    assert first.exit_code == 0 and "CoFe2O4_bigger.cif" in first.stdout, first.output
+
+    added = motex("library", "add", tmp_path / "second", "--name", "lib", db=db_url)
+    assert added.exit_code == 0 and "0 new classes" in added.stdout, added.output  # it joined the spinel's class
+    again = motex("mine", "np", "--library", "lib", "--top", "2", db=db_url)
+    assert again.exit_code == 0, again.output
+    assert "was already mined" not in again.stdout
+    first_row = next(line for line in again.stdout.splitlines() if line.startswith("│ 1 "))
+    assert "spinel_CoFe2O4.cif" in first_row
+    rows = motex("sql", "SELECT mining_result_id, rank, structure FROM mined_candidate ORDER BY mining_result_id, rank",
+                 "--csv", db=db_url).stdout.splitlines()[1:]
+    assert [row.split(",")[2] for row in rows] == ["CoFe2O4_bigger.cif", "rocksalt_MgO.cif", "spinel_CoFe2O4.cif",
+                                                    "rocksalt_MgO.cif"]
