@@ -91,8 +91,12 @@ class LibrarySettings:
 
     @property
     def r(self) -> np.ndarray:
-        """The library's r grid, 0 to rmax (Å)."""
-        return self.rstep * np.arange(int(round(self.rmax / self.rstep)) + 1)
+        """The library's r grid (Å): 0 in steps of rstep up to the last step not beyond rmax.
+
+        Where rstep does not divide rmax the grid ends short of it (rmax 30, rstep 0.07: at 29.96),
+        never past it: the pairs are gathered for rmax.
+        """
+        return self.rstep * np.arange(int(math.floor(self.rmax / self.rstep + 1e-9)) + 1)
 
     @property
     def reach(self) -> float:
@@ -342,8 +346,11 @@ def add_to_library(
         entries = []
         for path in todo[start : start + _BATCH]:
             try:
-                entry = read_crystal(path)
-                entry.g = simulate_entry(entry.crystal, settings)
+                entry = read_crystal(path)  # its errors name the file
+                try:
+                    entry.g = simulate_entry(entry.crystal, settings)
+                except InputError as exc:
+                    raise InputError(f"{path.name}: {exc}") from None
                 entries.append(entry)
             except InputError as exc:
                 skipped.append(str(exc))

@@ -149,3 +149,40 @@ def test_library_add_refuses_bad_input_and_changes_nothing(motex, db_url, tmp_pa
     mismatch = motex("library", "add", tmp_path / "cifs", "--name", "lib", "--rmax", "20", db=db_url)
     assert mismatch.exit_code == 2 and "library 'lib' was made with rmax 30.0" in mismatch.stderr
     assert snapshot(db_url) == before
+
+
+def test_an_r_step_that_does_not_divide_rmax_ends_the_grid_short_of_rmax(motex, db_url, tmp_path):
+    from motex_db.db import open_engine
+    from motex_db.library import LibrarySettings
+    from motex_db.models import LibraryStructure
+    from sqlmodel import Session, select
+
+    _cifs(tmp_path / "cifs", ["rocksalt_MgO", "rutile_TiO2"])
+    result = motex("library", "add", tmp_path / "cifs", "--name", "odd", "--rstep", "0.07", db=db_url)
+    assert result.exit_code == 0, result.output
+    assert "added 2 structures" in result.stdout and "skipped" not in result.stderr
+    assert "0-30 Å step 0.07" in motex("library", "list", db=db_url).stdout
+    grid = LibrarySettings(rstep=0.07).r
+    assert grid[-1] == pytest.approx(29.96) and np.allclose(np.diff(grid), 0.07)
+    with Session(open_engine(db_url)) as session:
+        sizes = {len(g) for g in session.exec(select(LibraryStructure.g)).all()}
+    assert sizes == {grid.size}
+
+
+def test_a_file_that_cannot_be_simulated_is_skipped_by_name(motex, db_url, tmp_path, monkeypatch):
+    import motex_db.library
+    from motex_db.errors import InputError
+
+    _cifs(tmp_path / "cifs", ["rocksalt_MgO", "rutile_TiO2"])
+    simulate = motex_db.library.simulate_entry
+
+    def failing_for_rutile(crystal, settings):
+        if "Ti" in crystal["symbols"]:
+            raise InputError("the crystal's atoms scatter nothing (total scattering strength 0).")
+        return simulate(crystal, settings)
+
+    monkeypatch.setattr(motex_db.library, "simulate_entry", failing_for_rutile)
+    result = motex("library", "add", tmp_path / "cifs", "--name", "lib", db=db_url)
+    assert result.exit_code == 0, result.output
+    assert "skipped rutile_TiO2.cif: the crystal's atoms scatter nothing" in result.stderr
+    assert "added 1 structures" in result.stdout
