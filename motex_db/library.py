@@ -39,7 +39,7 @@ from motex_db.pdf.parameters import RADIATIONS
 
 __all__ = [
     "LibrarySettings", "CrystalEntry", "AddOutcome", "add_to_library", "collect_crystal_files", "read_crystal",
-    "crystal_from_record", "simulate_entry", "pearson", "get_library", "library_overview",
+    "crystal_from_record", "formula_with_occupancies", "simulate_entry", "pearson", "get_library", "library_overview",
 ]
 
 #: File name endings taken from a folder (files named explicitly are read whatever their ending).
@@ -126,7 +126,9 @@ class CrystalEntry:
 
     @property
     def n_atoms(self) -> int:
-        return len(self.crystal["symbols"])
+        """Atom positions in the cell (a mixed site counts once)."""
+        positions = np.asarray(self.crystal["scaled_positions"], dtype=float).reshape(-1, 3)
+        return len(np.unique(positions.round(6), axis=0))
 
 
 def collect_crystal_files(inputs: Sequence[str | Path]) -> list[Path]:
@@ -157,26 +159,57 @@ def collect_crystal_files(inputs: Sequence[str | Path]) -> list[Path]:
 
 
 def _occupancies(atoms) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Symbols, fractional positions and occupancies, mixed sites expanded (one entry per species).
+    """Symbols, fractional positions and occupancies, one entry per species on each site.
 
-    ase keeps the site occupancies of a CIF in ``atoms.info['occupancy']``
-    keyed by the atom's tag; where the tags cannot tell the sites apart
-    (every tag 0 with several sites), every atom counts fully.
+    ase keeps a CIF's site occupancies in ``atoms.info['occupancy']``, keyed
+    by the asymmetric-unit site of each atom (``atoms.arrays['spacegroup_kinds']``;
+    older ase: the atom's tag), and names each atom by the site's majority
+    species only. Every species of a site is kept here, each with its
+    fraction, at the same position: :func:`crystal_pairs` never pairs two
+    entries at one position and weights each pair by both occupancies (the
+    average structure of a random mixture).
     """
     symbols = atoms.get_chemical_symbols()
     frac = atoms.get_scaled_positions(wrap=True)
     info = atoms.info.get("occupancy")
-    tags = atoms.get_tags()
-    if not info or (len(info) > 1 and len(set(tags)) == 1):
+    if not info:
         return symbols, frac, np.ones(len(symbols))
+    if "spacegroup_kinds" in atoms.arrays:
+        keys = atoms.arrays["spacegroup_kinds"]
+    else:
+        keys = atoms.get_tags()
+    sites = [info.get(str(key)) for key in keys]
+    if any(site is None for site in sites) or (len(info) > 1 and len(set(keys.tolist())) == 1):
+        if all(len(site) == 1 and math.isclose(float(v), 1.0) for site in info.values() for v in site.values()):
+            return symbols, frac, np.ones(len(symbols))  # every site full: nothing to match
+        raise InputError("its site occupancies cannot be matched to its atoms")
     out_symbols, out_frac, out_occ = [], [], []
-    for k, (symbol, tag) in enumerate(zip(symbols, tags)):
-        site = info.get(str(tag)) or {symbol: 1.0}
+    for k, site in enumerate(sites):
+        if sum(float(v) for v in site.values()) > 1.0 + 1e-3:
+            raise InputError(f"a site holds {_site_text(site)}, more than 1 in all")
         for element, occupancy in site.items():
-            out_symbols.append(element)
-            out_frac.append(frac[k])
-            out_occ.append(float(occupancy))
-    return out_symbols, np.array(out_frac), np.array(out_occ)
+            if float(occupancy) > 0:
+                out_symbols.append(element)
+                out_frac.append(frac[k])
+                out_occ.append(float(occupancy))
+    return out_symbols, np.array(out_frac).reshape(-1, 3), np.array(out_occ)
+
+
+def _site_text(site: dict) -> str:
+    return ", ".join(f"{element} {float(value):g}" for element, value in site.items())
+
+
+def formula_with_occupancies(symbols: Sequence[str], occupancies: Sequence[float]) -> str:
+    """Hill formula of a cell's contents counting each atom by its occupancy (Co2Fe2O4, Ni3.6O4)."""
+    counts: dict[str, float] = {}
+    for symbol, occupancy in zip(symbols, occupancies):
+        counts[symbol] = counts.get(symbol, 0.0) + float(occupancy)
+    order = (["C", "H"] if "C" in counts else []) + sorted(e for e in counts if not ("C" in counts and e in ("C", "H")))
+    parts = []
+    for element in order:
+        n = round(counts[element], 4)
+        parts.append(element + ("" if n == 1 else f"{n:g}"))
+    return "".join(parts)
 
 
 def read_crystal(path: str | Path) -> CrystalEntry:
@@ -196,7 +229,12 @@ def read_crystal(path: str | Path) -> CrystalEntry:
         raise InputError(f"{path.name}: holds no atoms")
     if not atoms.pbc.all() or atoms.cell.rank != 3 or atoms.cell.volume < 1e-3:
         raise InputError(f"{path.name}: has no 3D unit cell (not a crystal)")
-    symbols, frac, occupancies = _occupancies(atoms)
+    try:
+        symbols, frac, occupancies = _occupancies(atoms)
+    except InputError as exc:
+        raise InputError(f"{path.name}: {exc}") from None
+    if not symbols:
+        raise InputError(f"{path.name}: holds no atoms (every site's occupancy is 0)")
     try:
         scattering_factors(sorted(set(symbols)), "xray")
     except InputError as exc:
@@ -207,7 +245,7 @@ def read_crystal(path: str | Path) -> CrystalEntry:
         name=path.name,
         source_path=str(path.resolve()),
         content_hash=file_hash(path),
-        formula=atoms.get_chemical_formula(mode="hill", empirical=False),
+        formula=formula_with_occupancies(symbols, occupancies),
         spacegroup=spacegroup_text,
         cell=[round(float(x), 6) for x in atoms.cell.cellpar()],
         crystal={

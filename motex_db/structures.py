@@ -164,9 +164,12 @@ def add_starting_model_from_candidate(
     refined, its refined lattice expansion is applied to the cell first, so
     the model has the data's bond lengths. Returns (row, created) like
     :func:`add_starting_model`.
+    A candidate with partially occupied sites (mixed species or vacancies) is
+    refused: a starting model has one whole atom at each position.
     """
     import ase
 
+    from motex_db.library import crystal_from_record
     from motex_db.models import LibraryStructure, MiningCandidate
 
     if not permute:
@@ -186,10 +189,14 @@ def add_starting_model_from_candidate(
         crystal = session.get(LibraryStructure, candidate.structure_id)
         lattice = float((candidate.params or {}).get("lattice") or 1.0)
         record, source = crystal.crystal, crystal.name
-    atoms = ase.Atoms(
-        symbols=list(record["symbols"]), scaled_positions=record["scaled_positions"],
-        cell=np.asarray(record["cell"], dtype=float) * lattice, pbc=True,
-    )
+    symbols, cell, frac, occupancies = crystal_from_record(record)
+    partial = sorted({f"{s} {o:g}" for s, o in zip(symbols, occupancies) if o < 1 - 1e-6})
+    if partial:
+        raise InputError(
+            f"candidate {candidate_id} ({source}) has partially occupied sites ({', '.join(partial)}), and a "
+            "starting model needs one whole atom at each position: cut it from an ordered CIF with structure add FILE --radius R."
+        )
+    atoms = ase.Atoms(symbols=symbols, scaled_positions=frac, cell=cell * lattice, pbc=True)
     positions, elements = _sphere_from_crystal(atoms, radius)
     if len(elements) == 0:
         raise InputError(f"a sphere of radius {radius} Å around the cell centre of {source} holds no atoms.")

@@ -186,3 +186,40 @@ def test_a_file_that_cannot_be_simulated_is_skipped_by_name(motex, db_url, tmp_p
     assert result.exit_code == 0, result.output
     assert "skipped rutile_TiO2.cif: the crystal's atoms scatter nothing" in result.stderr
     assert "added 1 structures" in result.stdout
+
+
+def rocksalt_cif(sites: list[tuple[str, float]], a: float = 4.26) -> str:
+    """A rocksalt CIF whose metal site holds ``sites`` (element, occupancy), the way databases write mixed sites."""
+    metal = "".join(f"{el}{k} {el} 0 0 0 {occ}\n" for k, (el, occ) in enumerate(sites, start=1))
+    return (
+        f"data_rocksalt\n_cell_length_a {a}\n_cell_length_b {a}\n_cell_length_c {a}\n"
+        "_cell_angle_alpha 90\n_cell_angle_beta 90\n_cell_angle_gamma 90\n"
+        "_symmetry_space_group_name_H-M 'F m -3 m'\n_symmetry_Int_Tables_number 225\n"
+        "loop_\n_atom_site_label\n_atom_site_type_symbol\n_atom_site_fract_x\n_atom_site_fract_y\n"
+        f"_atom_site_fract_z\n_atom_site_occupancy\n{metal}O1 O 0.5 0.5 0.5 1.0\n"
+    )
+
+
+def test_partially_occupied_sites_keep_every_species_with_its_occupancy(motex, db_url, tmp_path):
+    from motex_db.library import entry_pairs, read_crystal, LibrarySettings
+
+    (tmp_path / "cifs").mkdir()
+    mixed = tmp_path / "cifs" / "CoFeO2.cif"
+    mixed.write_text(rocksalt_cif([("Co", 0.5), ("Fe", 0.5)]))
+    vacant = tmp_path / "cifs" / "NiO_vacancies.cif"
+    vacant.write_text(rocksalt_cif([("Ni", 0.9)], a=4.18))
+
+    entry = read_crystal(mixed)
+    assert entry.formula == "Co2Fe2O4" and entry.n_atoms == 8
+    by_species = {}
+    for symbol, occupancy in zip(entry.crystal["symbols"], entry.crystal["occupancies"]):
+        by_species.setdefault(symbol, []).append(occupancy)
+    assert by_species == {"Co": [0.5] * 4, "Fe": [0.5] * 4, "O": [1.0] * 4}
+    # vacancies: 3.6 Ni per cell, so the number density (the baseline's slope) is 7.6 atoms per cell
+    pairs = entry_pairs(read_crystal(vacant).crystal, LibrarySettings())
+    assert read_crystal(vacant).formula == "Ni3.6O4" and pairs.n_atoms == pytest.approx(7.6)
+
+    result = motex("library", "add", tmp_path / "cifs", "--name", "mixed", db=db_url)
+    assert result.exit_code == 0 and "added 2 structures" in result.stdout, result.output
+    formulas = motex("sql", "SELECT formula FROM library_structure ORDER BY name", "--csv", db=db_url).stdout
+    assert formulas.split() == ["formula", "Co2Fe2O4", "Ni3.6O4"]

@@ -270,3 +270,21 @@ def test_mining_again_after_a_file_joined_a_class_ranks_afresh(motex, db_url, tm
                  "--csv", db=db_url).stdout.splitlines()[1:]
     assert [row.split(",")[2] for row in rows] == ["CoFe2O4_bigger.cif", "rocksalt_MgO.cif", "spinel_CoFe2O4.cif",
                                                     "rocksalt_MgO.cif"]
+
+
+def test_a_candidate_with_mixed_sites_is_refused_as_a_starting_model(motex, db_url, tmp_path):
+    from test_library import rocksalt_cif
+
+    (tmp_path / "cifs").mkdir()
+    (tmp_path / "cifs" / "CoFeO2.cif").write_text(rocksalt_cif([("Co", 0.5), ("Fe", 0.5)]))
+    assert motex("library", "add", tmp_path / "cifs", "--name", "mixed", db=db_url).exit_code == 0
+    files = write_measured(tmp_path, [])
+    assert motex("data", "add", files["amorphous"], "--name", "glass", db=db_url).exit_code == 0
+    assert motex("mine", "glass", "--library", "mixed", db=db_url).exit_code == 0
+    candidate = motex("sql", "SELECT candidate_id FROM mined_candidate", "--csv", db=db_url).stdout.splitlines()[1]
+    before = snapshot(db_url)
+    result = motex("structure", "add", "--from-candidate", candidate, "--name", "cofe", "--permute", "Co",
+                   "--permute", "Fe", "--radius", "6", db=db_url)
+    assert result.exit_code == 2, result.output
+    assert f"candidate {candidate} (CoFeO2.cif) has partially occupied sites (Co 0.5, Fe 0.5)" in result.stderr
+    assert snapshot(db_url) == before
