@@ -833,8 +833,9 @@ def train_series(
     """A surrogate per frame of a series, all with the hyper-parameters of one search.
 
     The search (as :func:`train_surrogate`: Bayesian optimisation of k-fold CV
-    MAE) runs once, on the ``reference`` frame (default: the last frame, where
-    an in situ reaction has gone furthest); every frame's model is then
+    MAE) runs once, on the ``reference`` frame (default: the reference of the
+    series' earlier models, else the last frame, where an in situ reaction has
+    gone furthest); every frame's model is then
     trained with those hyper-parameters (early stopping per frame) on that
     frame's fits and scored on its own test motifs. The fit configuration is
     the one with the most successful fits on the reference frame. Rows are
@@ -864,7 +865,17 @@ def train_series(
         names = [f.name for f in frames]
         if reference is not None and reference not in names:
             raise InputError(f"'{reference}' is not a frame of series '{series}' (frames: {names[0]} ... {names[-1]}).")
-        ref = frames[names.index(reference)] if reference is not None else frames[-1]
+        if reference is None:
+            # the reference of the series' latest models, while it is a frame; else the last frame
+            latest = session.exec(
+                select(TrainedModel.training_log)
+                .where(TrainedModel.starting_model_id == model.id)
+                .where(TrainedModel.series == series)
+                .order_by(TrainedModel.id.desc())
+            ).first()
+            before = ((latest or {}).get("search") or {}).get("reference_frame")
+            reference = before if before in names else names[-1]
+        ref = frames[names.index(reference)]
         try:
             config_id = choose_fit_config(session, model.id, ref.id, fit_config_id)
         except InputError:

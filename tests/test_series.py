@@ -209,3 +209,38 @@ def test_series_commands_are_incremental(explained):
     assert extracted >= 1 and fits == [(extracted * 10,)]
     matrix = (explained["folder"] / "explain" / "wo3_grow_contribution_matrix.csv").read_text().splitlines()
     assert len(matrix) == 11 and matrix[0].startswith("frame,time,W1,")
+
+
+def test_frames_added_later_cost_only_their_own_fits_and_keep_the_search(tmp_path):
+    """One frame more: fit --series fits only it; train --series keeps the reference frame and retrains only it."""
+    import json
+
+    from motex_db.datasets import add_datasets
+    from motex_db.db import open_engine
+    from motex_db.catalogue import sample_motifs
+    from motex_db.fitting.work import fit_catalogue
+    from motex_db.learning import train_series
+    from motex_db.structures import add_starting_model
+
+    series = two_motif_series(n_frames=5, seed=3)
+    model, frames, times = write_two_motif_series(tmp_path / "files", series)
+    engine = open_engine(f"sqlite:///{tmp_path / 'late.db'}")
+    add_starting_model(engine, model, "wo3", ["W"], WO3_BOND_CUTOFF)
+    add_datasets(engine, frames[:4], series="grow", times_file=times)
+    sample_motifs(engine, "wo3", 300, seed=2)
+    first = fit_catalogue(engine, "wo3", None, FitSettings(), series="grow")
+    assert first.fitted == 1200 and first.already_done == 0
+    trained = train_series(engine, "wo3", "grow", n_iter=0, cv=2)
+    assert trained.reference == "frame_0003" and trained.n_created == 4
+
+    add_datasets(engine, [frames[4]], series="grow", times_file=times)
+    second = fit_catalogue(engine, "wo3", None, FitSettings(), series="grow")
+    assert second.fitted == 300 and second.already_done == 1200
+    again = train_series(engine, "wo3", "grow", n_iter=0, cv=2)
+    # the search stays on the frame it was made on, so only the new frame's model is trained
+    assert again.reference == "frame_0003" and again.n_created == 1
+    assert again.frames["created"].tolist() == [False, False, False, False, True]
+    log = json.loads(query(f"sqlite:///{tmp_path / 'late.db'}",
+                           "SELECT training_log FROM trained_model ORDER BY id DESC LIMIT 1")[0][0])
+    assert log["search"]["reference_frame"] == "frame_0003"
+    engine.dispose()

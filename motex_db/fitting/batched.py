@@ -1033,11 +1033,14 @@ class MotifFitter:
             raise InputError(f"This fitter holds {len(self.frames)} frames: use fit_frames.")
         return self.fit_frames(masks)[0]
 
-    def fit_frames(self, masks: ArrayLike) -> list[FitBatch]:
-        """Fit every mask to every frame: one :class:`FitBatch` per frame, in frame order."""
+    def fit_frames(self, masks: ArrayLike, frames: Sequence[int] | None = None) -> list[FitBatch]:
+        """Fit every mask to every frame (or to the frames of the given indices): one :class:`FitBatch` per frame, in order."""
         started = time.perf_counter()
         masks = self._check_masks(masks)
-        n, n_frames = masks.shape[0], len(self.frames)
+        chosen = list(range(len(self.frames))) if frames is None else [int(i) for i in frames]
+        if any(not 0 <= i < len(self.frames) for i in chosen):
+            raise InputError(f"Frame indices must lie in 0..{len(self.frames) - 1}, not {chosen}.")
+        n, n_frames = masks.shape[0], len(chosen)
         rwp = np.full((n_frames, n), np.nan)
         params: list[list[dict | None]] = [[None] * n for _ in range(n_frames)]
         errors: list[list[str | None]] = [[None] * n for _ in range(n_frames)]
@@ -1048,17 +1051,17 @@ class MotifFitter:
         for start in range(0, n, size):
             block = masks[start : start + size]
             if self.path == "general":
-                per_frame = self._fit_general(block)
+                per_frame = self._fit_general(block, chosen)
             elif self._aniso is not None:
-                per_frame = self._fit_xyz(block)
+                per_frame = self._fit_xyz(block, [self.frames[i] for i in chosen])
             else:
-                per_frame = self._fit_iso(block)
+                per_frame = self._fit_iso(block, [self.frames[i] for i in chosen])
             for f, results in enumerate(per_frame):
                 for offset, (value, values, error) in enumerate(results):
                     rwp[f, start + offset] = value
                     params[f][start + offset] = values
                     errors[f][start + offset] = error
-        seconds = (time.perf_counter() - started) / (n * n_frames) if n else 0.0
+        seconds = (time.perf_counter() - started) / (n * n_frames) if n and n_frames else 0.0
         batches = []
         for f in range(n_frames):
             ok = np.array([e is None for e in errors[f]], dtype=bool)
@@ -1109,21 +1112,21 @@ class MotifFitter:
 
     # Each returns, per frame, one (rwp, values, error) per motif of the block.
 
-    def _fit_iso(self, block: np.ndarray) -> list[list[tuple]]:
+    def _fit_iso(self, block: np.ndarray, frames: list[_Data]) -> list[list[tuple]]:
         iso = self._iso
         counts = self.engine.class_counts(block, 1.0, iso.n_active)
         norm = self.engine.normalisation(block)[:, 0]
-        found = iso.search(counts, self.frames)
-        return [self._finish(a, norm, zoom, data) for (zoom, a, _), data in zip(found, self.frames)]
+        found = iso.search(counts, frames)
+        return [self._finish(a, norm, zoom, data) for (zoom, a, _), data in zip(found, frames)]
 
-    def _fit_xyz(self, block: np.ndarray) -> list[list[tuple]]:
+    def _fit_xyz(self, block: np.ndarray, frames: list[_Data]) -> list[list[tuple]]:
         aniso, iso = self._aniso, self._iso
         counts = self.engine.class_counts(block, aniso.probe, aniso.n_active)
         norm = self.engine.normalisation(block)[:, 0]
-        found = iso.search(aniso.iso_counts(counts, iso.n_active), self.frames)
+        found = iso.search(aniso.iso_counts(counts, iso.n_active), frames)
         entries = [aniso.entries(counts[start : start + _LM_BLOCK]) for start in range(0, block.shape[0], _LM_BLOCK)]
         out = []
-        for (z0, _, _), data in zip(found, self.frames):
+        for (z0, _, _), data in zip(found, frames):
             zoom = np.repeat(z0[:, None], 3, axis=1)
             a = np.empty((block.shape[0], data.b.size))
             for part_entries, start in zip(entries, range(0, block.shape[0], _LM_BLOCK)):
@@ -1134,19 +1137,20 @@ class MotifFitter:
             out.append(self._finish(a, norm, zoom, data))
         return out
 
-    def _fit_general(self, block: np.ndarray) -> list[list[tuple]]:
+    def _fit_general(self, block: np.ndarray, chosen: list[int]) -> list[list[tuple]]:
         presence = self.engine.presence(block)
-        zoom_starts = [None] * len(self.frames)
+        zoom_starts = [None] * len(chosen)
         reachable = np.ones(block.shape[0], dtype=bool)
         if self.settings.calculator == "real":
             # pairs whose peaks cannot reach the fit range at any zoom tried give G = 0 here
             counts = self.engine.class_counts(block, 1.0, self._n_reach)
             reachable = counts.any(axis=1)
             if self._iso is not None:
-                zoom_starts = [z for z, _, _ in self._iso.search(counts[:, : self._iso.n_active], self.frames)]
+                frames = [self.frames[i] for i in chosen]
+                zoom_starts = [z for z, _, _ in self._iso.search(counts[:, : self._iso.n_active], frames)]
         return [
             self._fit_general_frame(block, presence, reachable, general, zoom_start)
-            for general, zoom_start in zip(self._general, zoom_starts)
+            for general, zoom_start in zip([self._general[i] for i in chosen], zoom_starts)
         ]
 
     def _fit_general_frame(self, block, presence, reachable, general: _GeneralFit, zoom_start) -> list[tuple]:

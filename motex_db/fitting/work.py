@@ -17,10 +17,11 @@ written result.
 
 A time series is fitted as one job over its frames (those that share an r grid
 and resolved settings): a worker claims a motif for every frame with one claim
-row on the first frame, fits it to all frames at once (the motif's calculated
-PDFs are shared, see :meth:`MotifFitter.fit_frames`) and writes one result row
-per frame, in bulk. A motif counts as unfinished while any frame lacks its
-result; frames that already have one keep it. Claims expire after ``lease_seconds``; claims of a process on
+row on the first frame, fits it to the frames that lack a result at once (the
+motif's calculated PDFs are shared, see :meth:`MotifFitter.fit_frames`) and
+writes one result row per frame, in bulk. A motif counts as unfinished while
+any frame lacks its result; frames that already have one keep it, so frames
+added to a series later cost only their own fits. Claims expire after ``lease_seconds``; claims of a process on
 this host that no longer exists are released at once, so a run restarted after
 kill -9 on the same machine goes on immediately.
 """
@@ -188,6 +189,40 @@ def _unfinished(job: FitJob):
     return motifs.where(n_results < len(job.dataset_ids))
 
 
+def count_missing_fits(engine: Engine, job: FitJob) -> int:
+    """(motif, dataset) pairs of the job without a result."""
+    with Session(engine) as session:
+        n_motifs = session.exec(
+            select(sa.func.count()).select_from(Motif).where(Motif.starting_model_id == job.starting_model_id)
+        ).one()
+        n_results = session.exec(
+            select(sa.func.count())
+            .select_from(FitResult)
+            .join(Motif, Motif.id == FitResult.motif_id)
+            .where(Motif.starting_model_id == job.starting_model_id)
+            .where(FitResult.dataset_id.in_(job.dataset_ids))
+            .where(FitResult.fit_config_id == job.fit_config_id)
+        ).one()
+    return n_motifs * len(job.dataset_ids) - n_results
+
+
+def missing_frames(engine: Engine, job: FitJob, motif_ids: list[int]) -> tuple[list[int], int]:
+    """Indices of the job's datasets where one of the motifs lacks a result, and how many (motif, dataset) pairs do."""
+    if len(job.dataset_ids) == 1:
+        return [0], len(motif_ids)
+    with Session(engine) as session:
+        found = session.exec(
+            select(FitResult.dataset_id, sa.func.count())
+            .where(FitResult.motif_id.in_(motif_ids))
+            .where(FitResult.dataset_id.in_(job.dataset_ids))
+            .where(FitResult.fit_config_id == job.fit_config_id)
+            .group_by(FitResult.dataset_id)
+        ).all()
+    have = dict(found)
+    frames = [i for i, d in enumerate(job.dataset_ids) if have.get(d, 0) < len(motif_ids)]
+    return frames, sum(len(motif_ids) - have.get(job.dataset_ids[i], 0) for i in frames)
+
+
 def count_unfinished(engine: Engine, job: FitJob) -> int:
     with Session(engine) as session:
         return session.exec(select(sa.func.count()).select_from(_unfinished(job).subquery())).one()
@@ -237,21 +272,26 @@ def claim_batch(engine: Engine, job: FitJob, worker: str, size: int, lease_secon
         return [(m, masks[m]) for m in candidates if m in won]
 
 
-def write_results(engine: Engine, job: FitJob, worker: str, motif_ids: list[int], batches: Sequence) -> int:
-    """Store fitted batches (one per dataset of the job) and drop their claims, in one transaction; returns the rows.
+def write_results(
+    engine: Engine, job: FitJob, worker: str, motif_ids: list[int], batches: Sequence, frames: Sequence[int] | None = None
+) -> int:
+    """Store fitted batches (one per dataset of the job, or per index in ``frames``) and drop their claims,
+    in one transaction; returns the rows offered.
 
     Rows that exist already (another worker's, or a frame fitted before) are kept.
     """
     now = utcnow()
     rows = []
-    for dataset_id, batch in zip(job.dataset_ids, batches, strict=True):
+    dataset_ids = job.dataset_ids if frames is None else [job.dataset_ids[i] for i in frames]
+    for dataset_id, batch in zip(dataset_ids, batches, strict=True):
         rows.extend(_result_rows(job, dataset_id, motif_ids, batch, now))
     with transaction(engine) as session:
         # a claim that expired may have been fitted by another worker meanwhile: keep theirs
         statement = _insert(session, FitResult.__table__).on_conflict_do_nothing(
             index_elements=["motif_id", "dataset_id", "fit_config_id"]
         )
-        session.execute(statement, rows)
+        if rows:
+            session.execute(statement, rows)
         session.execute(
             sa.delete(FitClaim)
             .where(FitClaim.worker == worker)
@@ -318,9 +358,9 @@ class PreparedFit:
         g = np.stack([frame.g for frame in self.frames]) if len(self.frames) > 1 else self.frames[0].g
         return MotifFitter(self.model.elements, self.model.positions, membership, self.frames[0].r, g, self.settings)
 
-    def fit(self, fitter, masks) -> list:
-        """One FitBatch per frame."""
-        return fitter.fit_frames(masks)
+    def fit(self, fitter, masks, frames: Sequence[int] | None = None) -> list:
+        """One FitBatch per frame (all, or those of the given indices)."""
+        return fitter.fit_frames(masks, frames)
 
 
 def _check_range(settings: FitSettings, data: Dataset) -> None:
@@ -410,14 +450,15 @@ def run_worker(
             continue
         ids = [m for m, _ in claimed]
         masks = masks_from_text([mask for _, mask in claimed], prepared.model.n_permutable)
+        frames, n_new = missing_frames(engine, prepared.job, ids)
         started = time.perf_counter()
-        batches = prepared.fit(fitter, masks)
+        batches = prepared.fit(fitter, masks, frames)
         spent = time.perf_counter() - started
-        write_results(engine, prepared.job, worker, ids, batches)
+        write_results(engine, prepared.job, worker, ids, batches, frames)
         n_failed = sum(int((~np.asarray(batch.ok)).sum()) for batch in batches)
-        done += len(ids) * n_frames
+        done += n_new
         failed += n_failed
-        on_batch(len(ids) * n_frames, n_failed)
+        on_batch(n_new, n_failed)
         if batch_size is None and spent > 0:
             # aim at about a second of fitting per batch: few transactions, fresh progress
             size = int(np.clip(len(ids) * TARGET_BATCH_SECONDS / spent, 16, MAX_BATCH))
@@ -481,8 +522,8 @@ def fit_catalogue(
         else [prepare_fit(engine, structure, dataset, settings)]
     )
     retried = sum(delete_failed(engine, p.job) for p in jobs) if retry_failed else 0
-    # fits to do: per job, its unfinished motifs times its frames (frames done already are skipped when stored)
-    todo = [count_unfinished(engine, p.job) * len(p.job.dataset_ids) for p in jobs]
+    # fits to do: per job, the (motif, dataset) pairs without a result
+    todo = [count_missing_fits(engine, p.job) for p in jobs]
     n_frames = sum(len(p.job.dataset_ids) for p in jobs)
     with Session(engine) as session:
         n_motifs = session.exec(
@@ -549,9 +590,15 @@ def _run_local_workers(engine: Engine, prepared: PreparedFit, workers: int, leas
 
 
 def fit_motifs_now(engine: Engine, prepared: PreparedFit, motif_ids: list[int]) -> list:
-    """Fit the given motifs at once (no claims: for a handful, such as an extracted motif); stores and returns the batches (one per frame)."""
+    """Fit the given motifs at once (no claims: for a handful, such as an extracted motif) to the job's datasets where
+    one lacks a result; stores and returns the batches (one per dataset fitted; none when nothing was missing)."""
     with Session(engine) as session:
         masks = dict(session.exec(select(Motif.id, Motif.mask).where(Motif.id.in_(motif_ids))).all())
-    batches = prepared.fit(prepared.fitter(), masks_from_text([masks[m] for m in motif_ids], prepared.model.n_permutable))
-    write_results(engine, prepared.job, worker_id(), list(motif_ids), batches)
+    frames, _ = missing_frames(engine, prepared.job, list(motif_ids))
+    if not frames:
+        return []
+    batches = prepared.fit(
+        prepared.fitter(), masks_from_text([masks[m] for m in motif_ids], prepared.model.n_permutable), frames
+    )
+    write_results(engine, prepared.job, worker_id(), list(motif_ids), batches, frames)
     return batches
