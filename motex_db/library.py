@@ -21,7 +21,6 @@ Simulation defaults (:class:`LibrarySettings`): X-rays, Qmin 0.8, Qmax 25 Å^-1
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -488,9 +487,3 @@ def library_overview(engine: Engine):
             })
     return pd.DataFrame(rows)
 
-
-def structure_hash(crystal: dict) -> str:
-    """SHA-256 of a stored crystal (for starting models built from it)."""
-    import json
-
-    return hashlib.sha256(json.dumps(crystal, sort_keys=True).encode()).hexdigest()

@@ -323,6 +323,7 @@ def train_classifier(
     import xgboost as xgb
 
     from motex_db.db import transaction
+    from motex_db.learning import model_to_json
     from motex_db.tracking import open_tracker, tracking_location
 
     if n_per_class < 10:
@@ -382,7 +383,7 @@ def train_classifier(
     seconds = time.perf_counter() - started
     metrics["seconds"] = seconds
     model.set_params(callbacks=None)
-    model_json = _model_json(model)
+    model_json = model_to_json(model)
     tracker = open_tracker(url, mlflow_uri)
     run_id = _log_classifier(tracker, model, library_name, len(class_ids), n_per_class, seed, metrics)
     with transaction(engine) as session:
@@ -397,17 +398,8 @@ def train_classifier(
     return ClassifierOutcome(row_id, True, len(class_ids), metrics, run_id, tracker.location.ui_command, seconds)
 
 
-def _model_json(model) -> str:
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "model.json"
-        model.get_booster().save_model(str(path))
-        return path.read_text()
-
-
 def _load_booster(text: str):
+    """The booster of a stored classifier (:func:`motex_db.learning.model_to_json`'s text), one thread per prediction."""
     import xgboost as xgb
 
     booster = xgb.Booster()
