@@ -61,6 +61,18 @@ def read_structure(path: str | Path, radius: Optional[float] = None) -> Structur
         raise InputError(f"cannot read structure file {path}: {reason}") from None
     if len(atoms) == 0:
         raise InputError(f"structure file {path} holds no atoms.")
+    partial = sorted({
+        ", ".join(f"{el} {float(v):g}" for el, v in sorted(site.items()))
+        for site in (atoms.info.get("occupancy") or {}).values()
+        if len(site) > 1 or any(float(v) < 1.0 - 1e-6 for v in site.values())
+    })
+    if partial:
+        # ase would name each such site by its majority species only, silently dropping the others
+        shown = "; ".join(partial[:3])
+        raise InputError(
+            f"structure file {path} has partially occupied sites ({shown}); a starting model needs one whole "
+            "atom at each position: give an ordered structure."
+        )
     periodic = bool(atoms.pbc.any()) and atoms.cell.rank == 3
     if radius is not None:
         if not periodic:

@@ -84,6 +84,24 @@ def test_bad_structure_input_is_refused_with_the_database_unchanged(motex, recor
     assert snapshot(record) == before
 
 
+def test_a_cif_with_partially_occupied_sites_is_refused_not_silently_ordered(motex, record, tmp_path):
+    # ase names a mixed site by its majority species; a starting model would silently lose the others
+    cif = tmp_path / "mixed.cif"
+    cif.write_text(
+        "data_mixed\n_cell_length_a 4.26\n_cell_length_b 4.26\n_cell_length_c 4.26\n"
+        "_cell_angle_alpha 90\n_cell_angle_beta 90\n_cell_angle_gamma 90\n"
+        "_symmetry_space_group_name_H-M 'F m -3 m'\n_symmetry_Int_Tables_number 225\n"
+        "loop_\n_atom_site_label\n_atom_site_type_symbol\n_atom_site_fract_x\n_atom_site_fract_y\n"
+        "_atom_site_fract_z\n_atom_site_occupancy\nCo1 Co 0 0 0 0.5\nFe1 Fe 0 0 0 0.5\nO1 O 0.5 0.5 0.5 1.0\n"
+    )
+    before = snapshot(record)
+    result = motex("structure", "add", cif, "--name", "mixed", "--permute", "Co", "--radius", "6", db=record)
+    assert result.exit_code == 2, result.output
+    assert "partially occupied sites (Co 0.5, Fe 0.5)" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert snapshot(record) == before
+
+
 def test_a_name_used_for_other_content_is_refused(motex, record, tmp_path):
     assert motex("structure", "add", write(tmp_path / "a.xyz", TRIANGLE), "--name", "x", "--permute", "W", db=record).exit_code == 0
     before = snapshot(record)
