@@ -31,6 +31,7 @@ app.add_typer(structure_app, name="structure")
 app.add_typer(data_app, name="data")
 
 DB_HELP = "Database URL (else $MOTEX_DB_URL, else sqlite:///motex.db)."
+MLFLOW_HELP = "MLflow tracking URI (else $MOTEX_MLFLOW_URI, else an SQLite store beside the record)."
 
 
 @app.callback()

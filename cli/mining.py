@@ -2,46 +2,17 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from motex_db.cli import output
-from motex_db.cli.app import app, engine_of
+from motex_db.cli.app import MLFLOW_HELP, app, engine_of
 from motex_db.cli.output import console, error_console
 
 library_app = typer.Typer(help="Libraries of candidate crystal structures: add, list, train.", no_args_is_help=True)
 app.add_typer(library_app, name="library")
-
-MLFLOW_HELP = "MLflow tracking URI (else $MOTEX_MLFLOW_URI, else an SQLite store beside the record)."
-
-
-@contextmanager
-def step_progress(unit: str):
-    """A progress bar per stage (reading, simulating, training...) with rate and ETA; yields ``(stage, done, total)``."""
-    from rich.progress import (
-        BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
-    )
-
-    progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:,.1f} " + unit + "/s"), TimeElapsedColumn(), TextColumn("ETA"),
-        TimeRemainingColumn(), console=error_console, transient=False,
-    )
-    tasks: dict[str, int] = {}
-
-    def update(stage: str, done: int, total: int) -> None:
-        if stage not in tasks:
-            tasks[stage] = progress.add_task(stage, total=max(total, 1), rate=0.0)
-        task = progress.tasks[tasks[stage]]
-        elapsed = task.elapsed or 0.0
-        progress.update(tasks[stage], completed=done, total=max(total, 1), rate=done / elapsed if elapsed > 0 else 0.0)
-
-    with progress:
-        yield update
-
 
 @library_app.command("add")
 def library_add(
@@ -64,7 +35,7 @@ def library_add(
     from motex_db.library import add_to_library
 
     engine = engine_of(ctx)
-    with step_progress("files") as progress:
+    with output.stage_progress("files") as progress:
         outcome = add_to_library(
             engine, name, inputs, on_progress=lambda done, total: progress("simulating", done, total),
             rmax=rmax, rstep=rstep, qmin=qmin, qmax=qmax, qdamp=qdamp, uiso=uiso, bundle_pcc=bundle_pcc,
@@ -114,7 +85,7 @@ def library_train(
     """Train the library's XGBoost classifier (mine --method classifier does it when needed); tracked in MLflow."""
     from motex_db.mining import train_classifier
 
-    with step_progress("steps") as progress:
+    with output.stage_progress("steps") as progress:
         outcome = train_classifier(engine_of(ctx), name, per_class, seed, mlflow_uri, on_progress=progress)
     _print_classifier(outcome)
 
@@ -134,7 +105,7 @@ def mine(
     """Rank a library's structure classes for a measured PDF; the candidates are stored (table mined_candidate)."""
     from motex_db.mining import mine as mine_dataset
 
-    with step_progress("steps") as progress:
+    with output.stage_progress("steps") as progress:
         outcome = mine_dataset(engine_of(ctx), data, library, method, top, refine, seed, per_class, mlflow_uri, progress)
     if outcome.classifier is not None:
         _print_classifier(outcome.classifier)

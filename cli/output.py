@@ -173,38 +173,38 @@ def trial_progress(total: int):
 
 
 @contextmanager
-def series_progress(label: str, n_trials: int | None = None):
-    """Progress of a series command: the search's trials (when there is one), then the frames, with rate and ETA.
-
-    Yields ``(on_trial, on_frame)`` callbacks.
-    """
-    import time
-
+def stage_progress(unit: str):
+    """A progress bar per stage (reading, simulating, training...) with rate and ETA; yields ``update(stage, done, total)``."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=error_console,
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:,.1f} {task.fields[unit]}/s"), TimeElapsedColumn(), TextColumn("ETA"),
+        TimeRemainingColumn(), console=error_console, transient=False,
     )
     tasks: dict[str, int] = {}
-    best = [float("inf")]
-    started = [0.0]
 
-    def on_trial(index: int, params: dict, cv_mae: float) -> None:
-        if "search" not in tasks:
-            tasks["search"] = progress.add_task("search", total=n_trials, note="")
-        best[0] = min(best[0], cv_mae)
-        progress.update(tasks["search"], completed=index + 1, note=f"best CV MAE {best[0]:.4f}")
-
-    def on_frame(done: int, total: int) -> None:
-        if "frames" not in tasks:
-            tasks["frames"] = progress.add_task(label, total=total, note="")
-            started[0] = time.perf_counter() - 1e-9
-        rate = done / (time.perf_counter() - started[0])
-        progress.update(tasks["frames"], completed=done, note=f"{rate:.2f} frames/s")
+    def update(stage: str, done: int, total: int, stage_unit: str | None = None) -> None:
+        if stage not in tasks:
+            tasks[stage] = progress.add_task(stage, total=max(total, 1), rate=0.0, unit=stage_unit or unit)
+        elapsed = progress.tasks[tasks[stage]].elapsed or 0.0
+        progress.update(tasks[stage], completed=done, total=max(total, 1), rate=done / elapsed if elapsed > 0 else 0.0)
 
     with progress:
-        yield on_trial, on_frame
+        yield update
+
+
+@contextmanager
+def series_progress(label: str, n_trials: int | None = None):
+    """Progress of a series command: the search's trials (when there is one), then the frames.
+
+    Yields ``(on_trial, on_frame)`` callbacks.
+    """
+    with stage_progress("frames") as update:
+        yield (
+            lambda index, params, cv_mae: update("search", index + 1, n_trials or index + 1, "trials"),
+            lambda done, total: update(label, done, total),
+        )
 
 
 def print_series_train_outcome(outcome) -> None:

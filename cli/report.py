@@ -7,11 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from motex_db.cli.app import app, engine_of
+from motex_db.cli.app import MLFLOW_HELP, app, engine_of
 from motex_db.cli.output import console, error_console
-
-MLFLOW_HELP = "MLflow tracking URI (else $MOTEX_MLFLOW_URI, else an SQLite store beside the record)."
-
 
 @app.command()
 def report(

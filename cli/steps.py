@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from motex_db.cli.app import app, engine_of
+from motex_db.cli.app import MLFLOW_HELP, app, engine_of
 from motex_db.cli import output
 from motex_db.cli.output import console
 from motex_db.errors import InputError
@@ -208,9 +208,6 @@ def refine(
     console.print(f"Rwp = {result.rwp:.5f}")
     for kind, path in files.items():
         console.print(f"{kind}: {path}")
-
-
-MLFLOW_HELP = "MLflow tracking URI (else $MOTEX_MLFLOW_URI, else an SQLite store beside the record)."
 
 
 @app.command()

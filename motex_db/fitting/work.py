@@ -211,10 +211,11 @@ def missing_frames(engine: Engine, job: FitJob, motif_ids: list[int]) -> tuple[l
     if len(job.dataset_ids) == 1:
         return [0], len(motif_ids)
     with Session(engine) as session:
+        # by motif (the leading column of the results' unique index), all datasets: the planner then
+        # reads only these motifs' rows instead of every row of the job's datasets
         found = session.exec(
             select(FitResult.dataset_id, sa.func.count())
             .where(FitResult.motif_id.in_(motif_ids))
-            .where(FitResult.dataset_id.in_(job.dataset_ids))
             .where(FitResult.fit_config_id == job.fit_config_id)
             .group_by(FitResult.dataset_id)
         ).all()
@@ -240,8 +241,15 @@ def release_stale_claims(session: Session, job: FitJob) -> int:
     return expired
 
 
-def claim_batch(engine: Engine, job: FitJob, worker: str, size: int, lease_seconds: float) -> list[tuple[int, str]]:
-    """Claim up to ``size`` unfinished, unclaimed motifs; returns their (id, mask), by id."""
+def claim_batch(
+    engine: Engine, job: FitJob, worker: str, size: int, lease_seconds: float, after: int = 0
+) -> list[tuple[int, str]]:
+    """Claim up to ``size`` unfinished, unclaimed motifs; returns their (id, mask), by id.
+
+    ``after``: look first at motifs with a larger id (where a worker that goes
+    through the catalogue in id order finds its next batch without passing over
+    every finished motif again), then at all of them.
+    """
     with transaction(engine) as session:
         release_stale_claims(session, job)
         claimed = (
@@ -251,10 +259,14 @@ def claim_batch(engine: Engine, job: FitJob, worker: str, size: int, lease_secon
             .where(FitClaim.fit_config_id == job.fit_config_id)
             .exists()
         )
-        query = _unfinished(job).where(~claimed).order_by(Motif.id).limit(size)
-        if not is_sqlite(engine):
-            query = query.with_for_update(of=Motif, skip_locked=True)
-        candidates = list(session.exec(query).all())
+        candidates = []
+        for start in dict.fromkeys((after, 0)):
+            query = _unfinished(job).where(~claimed).where(Motif.id > start).order_by(Motif.id).limit(size)
+            if not is_sqlite(engine):
+                query = query.with_for_update(of=Motif, skip_locked=True)
+            candidates = list(session.exec(query).all())
+            if candidates:
+                break
         if not candidates:
             return []
         expires = utcnow() + timedelta(seconds=lease_seconds)
@@ -287,11 +299,7 @@ def write_results(
         rows.extend(_result_rows(job, dataset_id, motif_ids, batch, now))
     with transaction(engine) as session:
         # a claim that expired may have been fitted by another worker meanwhile: keep theirs
-        statement = _insert(session, FitResult.__table__).on_conflict_do_nothing(
-            index_elements=["motif_id", "dataset_id", "fit_config_id"]
-        )
-        if rows:
-            session.execute(statement, rows)
+        _store_results(session, rows)
         session.execute(
             sa.delete(FitClaim)
             .where(FitClaim.worker == worker)
@@ -300,6 +308,49 @@ def write_results(
             .where(FitClaim.motif_id.in_(motif_ids))
         )
     return len(rows)
+
+
+_RESULT_COLUMNS = ("motif_id", "dataset_id", "fit_config_id", "status", "rwp", "params", "error", "seconds", "created_at")
+
+
+def _store_results(session: Session, rows: list[dict]) -> None:
+    """Insert result rows, keeping any that exist (same motif, dataset and configuration).
+
+    On SQLite the rows go straight to the driver's executemany, each value
+    converted by its column type's own bind processor (so the stored text is
+    what SQLAlchemy would store): a series batch is hundreds of thousands of
+    rows, and SQLAlchemy's per-row parameter handling would cost as much as the
+    insert. PostgreSQL takes SQLAlchemy's batched insert.
+    """
+    if not rows:
+        return
+    table = FitResult.__table__
+    dialect = session.get_bind().dialect
+    if dialect.name != "sqlite":
+        statement = _insert(session, table).on_conflict_do_nothing(index_elements=["motif_id", "dataset_id", "fit_config_id"])
+        session.execute(statement, rows)
+        return
+    convert = {
+        name: table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in ("params", "created_at")
+    }
+    stamps: dict[int, str] = {}
+
+    def stamp(value) -> str:
+        key = id(value)
+        if key not in stamps:
+            stamps[key] = convert["created_at"](value)
+        return stamps[key]
+
+    values = [
+        (r["motif_id"], r["dataset_id"], r["fit_config_id"], r["status"], r["rwp"], convert["params"](r["params"]),
+         r["error"], r["seconds"], stamp(r["created_at"]))
+        for r in rows
+    ]
+    session.connection().exec_driver_sql(
+        f"INSERT INTO fit_result ({', '.join(_RESULT_COLUMNS)}) VALUES ({', '.join('?' * len(_RESULT_COLUMNS))}) "
+        "ON CONFLICT (motif_id, dataset_id, fit_config_id) DO NOTHING",
+        values,
+    )
 
 
 def _result_rows(job: FitJob, dataset_id: int, motif_ids: list[int], batch, now) -> list[dict]:
@@ -441,14 +492,16 @@ def run_worker(
     n_frames = len(prepared.job.dataset_ids)
     size = batch_size or max(16, FIRST_BATCH // n_frames)
     done = failed = 0
+    after = 0
     while True:
-        claimed = claim_batch(engine, prepared.job, worker, size, lease_seconds)
+        claimed = claim_batch(engine, prepared.job, worker, size, lease_seconds, after)
         if not claimed:
             if count_unfinished(engine, prepared.job) == 0:
                 return done, failed
             time.sleep(poll_seconds)
             continue
         ids = [m for m, _ in claimed]
+        after = max(ids)
         masks = masks_from_text([mask for _, mask in claimed], prepared.model.n_permutable)
         frames, n_new = missing_frames(engine, prepared.job, ids)
         started = time.perf_counter()
