@@ -257,7 +257,7 @@ def explain(
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the contributions table, coloured structure, SHAP plot and extracted motif."),
     min_confidence: Optional[float] = typer.Option(None, "--min-confidence", help="Extract only atoms at least this confident."),
     mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help=MLFLOW_HELP),
-    shap_motifs: int = typer.Option(1000, "--shap-motifs", help="With --series: training motifs explained per frame (a seeded subset; 0: all)."),
+    shap_motifs: int = typer.Option(500, "--shap-motifs", help="With --series: training motifs explained per frame (a seeded subset; 0: all)."),
 ) -> None:
     """Step 4: each atom's contribution to the fit quality (SHAP), and the extracted motif, fitted."""
     import tempfile

@@ -460,7 +460,7 @@ class SeriesExplainOutcome:
         return int(self.frames["created"].sum())
 
 
-SERIES_SHAP_MOTIFS = 1000
+SERIES_SHAP_MOTIFS = 500
 
 
 def explain_series(
@@ -486,7 +486,7 @@ def explain_series(
     catalogue and split, so every frame is explained on the same motifs. The
     contribution is a difference of two means over about ``shap_motifs``/2
     motifs each; the subset moves it by about 2 x uncertainty / sqrt(shap_motifs)
-    (6 % of the uncertainty for 1000), and leaves the uncertainty (a standard
+    (9 % of the uncertainty for 500), and leaves the uncertainty (a standard
     deviation) unbiased. The number used is stored in the model's
     ``training_log`` as ``explained_motifs``.
     """
