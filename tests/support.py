@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,3 +77,29 @@ def oxide_particle(n_metal: int, a: float = 3.75) -> tuple:
     elements = ["W"] * n_metal + ["O"] * len(bonded)
     membership = membership_matrix(positions, np.array([e == "W" for e in elements]), 2.6)
     return elements, positions, membership
+
+
+def run_cli(*args, db: str) -> CliResult:
+    """The motex-db command in this process (module fixtures cannot use the `motex` fixture)."""
+    from motex_db.cli.app import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sys.argv", ["motex-db", "--db", db, *map(str, args)])
+        patch.setattr("sys.stdin", io.StringIO(""))
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                main()
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def query(url: str, sql: str) -> list[tuple]:
+    """Rows of one SQL statement against a record, as plain tuples."""
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        rows = connection.exec_driver_sql(sql).fetchall()
+    engine.dispose()
+    return [tuple(r) for r in rows]

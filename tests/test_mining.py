@@ -9,15 +9,13 @@ Qmax (20 instead of 25 Å^-1) and 2 % noise, and an amorphous-like PDF.
 
 from __future__ import annotations
 
-import io
 import re
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from support import CliResult, snapshot
+from support import run_cli, snapshot
 
 LIBRARY = "oxides"
 PARTICLES = {"spinel_CoFe2O4": "spinel", "wurtzite_ZnO": "wurtzite", "corundum_Fe2O3": "corundum"}
@@ -25,23 +23,6 @@ PARTICLES = {"spinel_CoFe2O4": "spinel", "wurtzite_ZnO": "wurtzite", "corundum_F
 CLASSIFIER_LIBRARY = "three-types"
 CLASSIFIER_TYPES = ("spinel", "wurtzite", "corundum")
 PER_CLASS = 30
-
-
-def run_cli(*args, db: str) -> CliResult:
-    """The motex-db command in this process (module fixtures cannot use the `motex` fixture)."""
-    from motex_db.cli.app import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("sys.argv", ["motex-db", "--db", db, *map(str, args)])
-        patch.setattr("sys.stdin", io.StringIO(""))
-        with redirect_stdout(out), redirect_stderr(err):
-            try:
-                main()
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return CliResult(code, out.getvalue(), err.getvalue())
 
 
 def write_measured(folder: Path, names=None) -> dict[str, Path]:

@@ -12,19 +12,17 @@ laptop's width.
 from __future__ import annotations
 
 import html
-import io
 import json
 import re
 import shutil
 import subprocess
 import tempfile
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from support import CliResult
+from support import CliResult, run_cli
 
 STRUCTURE = "c60-in-carbon"
 OTHER_STRUCTURE = "c60-fewer-distractors"
@@ -76,23 +74,6 @@ PROBE = """<script>(function () {
     document.body.appendChild(out);
   }, 3000); });
 })();</script>"""
-
-
-def run_cli(*args, db: str) -> CliResult:
-    """The motex-db command in this process (module fixtures cannot use the `motex` fixture)."""
-    from motex_db.cli.app import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("sys.argv", ["motex-db", "--db", db, *map(str, args)])
-        patch.setattr("sys.stdin", io.StringIO(""))
-        with redirect_stdout(out), redirect_stderr(err):
-            try:
-                main()
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return CliResult(code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="module")

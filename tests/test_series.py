@@ -6,26 +6,16 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from motex_db.catalogue import membership_matrix
+from motex_db.catalogue import masks_from_text, membership_matrix, sample_uniform_masks
 from motex_db.examples import WO3_BOND_CUTOFF, two_motif_series, write_two_motif_series
 from motex_db.fitting import FitSettings, MotifFitter
-from support import snapshot
-
-
-def query(url: str, sql: str) -> list[tuple]:
-    engine = sa.create_engine(url)
-    with engine.connect() as connection:
-        rows = connection.exec_driver_sql(sql).fetchall()
-    engine.dispose()
-    return [tuple(r) for r in rows]
+from support import query, snapshot
 
 
 def random_masks(n_permutable: int, n: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    masks = np.zeros((n, n_permutable), dtype=bool)
-    for row, k in zip(masks, rng.integers(1, n_permutable + 1, n)):
-        row[rng.choice(n_permutable, k, replace=False)] = True
-    return masks
+    """Distinct motifs drawn as `sample` draws them."""
+    texts, _ = sample_uniform_masks(n_permutable, n, np.random.default_rng(seed))
+    return masks_from_text(texts, n_permutable)
 
 
 @pytest.mark.parametrize("recipe, tolerance", [("fast", 1e-6), ("mlmotex", 1e-4)])

@@ -6,19 +6,10 @@ import json
 
 import numpy as np
 import pytest
-import sqlalchemy as sa
 
 from motex_db.examples import C60_ATOM_COUNT
 from motex_db.tracking import open_tracker
-from support import snapshot
-
-
-def query(url: str, sql: str) -> list[tuple]:
-    engine = sa.create_engine(url)
-    with engine.connect() as connection:
-        rows = connection.exec_driver_sql(sql).fetchall()
-    engine.dispose()
-    return [tuple(r) for r in rows]
+from support import query, snapshot
 
 
 @pytest.fixture(scope="module")

@@ -409,10 +409,6 @@ class PreparedFit:
         g = np.stack([frame.g for frame in self.frames]) if len(self.frames) > 1 else self.frames[0].g
         return MotifFitter(self.model.elements, self.model.positions, membership, self.frames[0].r, g, self.settings)
 
-    def fit(self, fitter, masks, frames: Sequence[int] | None = None) -> list:
-        """One FitBatch per frame (all, or those of the given indices)."""
-        return fitter.fit_frames(masks, frames)
-
 
 def _check_range(settings: FitSettings, data: Dataset) -> None:
     if settings.rmax <= data.r_min or settings.rmin >= data.r_max:
@@ -505,7 +501,7 @@ def run_worker(
         masks = masks_from_text([mask for _, mask in claimed], prepared.model.n_permutable)
         frames, n_new = missing_frames(engine, prepared.job, ids)
         started = time.perf_counter()
-        batches = prepared.fit(fitter, masks, frames)
+        batches = fitter.fit_frames(masks, frames)
         spent = time.perf_counter() - started
         write_results(engine, prepared.job, worker, ids, batches, frames)
         n_failed = sum(int((~np.asarray(batch.ok)).sum()) for batch in batches)
@@ -650,8 +646,8 @@ def fit_motifs_now(engine: Engine, prepared: PreparedFit, motif_ids: list[int]) 
     frames, _ = missing_frames(engine, prepared.job, list(motif_ids))
     if not frames:
         return []
-    batches = prepared.fit(
-        prepared.fitter(), masks_from_text([masks[m] for m in motif_ids], prepared.model.n_permutable), frames
+    batches = prepared.fitter().fit_frames(
+        masks_from_text([masks[m] for m in motif_ids], prepared.model.n_permutable), frames
     )
     write_results(engine, prepared.job, worker_id(), list(motif_ids), batches, frames)
     return batches
