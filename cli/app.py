@@ -1,16 +1,18 @@
 """The ``motex-db`` command: parses, calls motex_db, prints.
 
-Exit codes: 0 on success, 2 on bad input or a refused operation (one sentence
-on stderr), 1 on an internal error.
+Exit codes: 0 on success, 2 on bad input, a refused operation or a misused
+command line (one sentence on stderr), 130 when interrupted, 1 on an internal error.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import List, Optional
 
-import click
 import typer
 
 from motex_db.errors import MotexError
@@ -34,10 +36,25 @@ DB_HELP = "Database URL (else $MOTEX_DB_URL, else sqlite:///motex.db)."
 MLFLOW_HELP = "MLflow tracking URI (else $MOTEX_MLFLOW_URI, else an SQLite store beside the record)."
 
 
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import version
+
+    from motex_db.db import head_revision
+
+    console.print(f"motex-db {version('motex-db')} (schema revision {head_revision()})")
+    raise typer.Exit()
+
+
 @app.callback()
 def root(
     ctx: typer.Context,
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP, show_default=False),
+    version: bool = typer.Option(
+        False, "--version", help="Print the version and the schema revision, then exit.",
+        callback=_print_version, is_eager=True, expose_value=False,
+    ),
 ) -> None:
     """ML-MotEx motif extraction from PDF data, as a database-centric experiment tracker."""
     ctx.obj = {"db": db}
@@ -195,24 +212,101 @@ def sql(
         output.print_rows(columns, rows)
 
 
+def _click_classes(name: str) -> tuple:
+    """Click's exception class ``name`` from every click this process may raise it from.
+
+    Typer 0.29 ships its own copy of click (``typer._click``) whose exceptions do not
+    subclass the real click's; older Typer raises the real click's. Catch both.
+    """
+    classes = []
+    for module_name in ("typer._click.exceptions", "typer.exceptions", "click.exceptions"):
+        try:
+            module = __import__(module_name, fromlist=[name])
+        except ImportError:
+            continue
+        cls = getattr(module, name, None)
+        if isinstance(cls, type) and cls not in classes:
+            classes.append(cls)
+    return tuple(classes)
+
+
+_CLICK_EXCEPTION = _click_classes("ClickException")
+_ABORT = _click_classes("Abort")
+_INTERRUPTED = "interrupted; what was committed is kept, run the command again to go on."
+_interrupt_reported = threading.Lock()
+# After Ctrl-C, how long the command may take to unwind before it is ended anyway (s).
+_INTERRUPT_GRACE_SECONDS = 3.0
+
+
+def _report_interrupted() -> None:
+    """The one line of Ctrl-C, printed once whoever gets there first (main or the watchdog)."""
+    if _interrupt_reported.acquire(blocking=False):
+        output.error(_INTERRUPTED)
+
+
+def _exit_interrupted() -> None:
+    _report_interrupted()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(130)
+
+
+def _on_interrupt(signum, frame) -> None:
+    """Ctrl-C: unwind as KeyboardInterrupt, and end the process anyway if that does not end it in time.
+
+    Python swallows a KeyboardInterrupt that lands in a finaliser or weakref callback (it prints
+    "Exception ignored in ..." and carries on); every command survives kill -9, so ending it is safe.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    watchdog = threading.Timer(_INTERRUPT_GRACE_SECONDS, _exit_interrupted)
+    watchdog.daemon = True
+    watchdog.start()
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Entry point of the ``motex-db`` console script."""
+    global _interrupt_reported
+    _interrupt_reported = threading.Lock()
+    previous_handler = signal.getsignal(signal.SIGINT)
+    if previous_handler is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_interrupt)
     try:
-        app(standalone_mode=False)
+        _run()
+    finally:
+        if previous_handler is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous_handler)
+
+
+def _run() -> None:
+    try:
+        code = app(standalone_mode=False)
     except MotexError as exc:
         output.error(str(exc))
         sys.exit(2)
-    except click.exceptions.Abort:
+    except _ABORT as exc:
+        # Click turns Ctrl-C (and EOF at a prompt) into Abort; a refused confirmation also aborts.
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            _report_interrupted()
+            sys.exit(130)
         output.error("aborted; nothing changed.")
         sys.exit(2)
-    except click.ClickException as exc:
+    except _CLICK_EXCEPTION as exc:
+        # Click's usage line and one sentence; every misuse of the command line is exit code 2.
         exc.show()
-        sys.exit(exc.exit_code)
+        sys.exit(2)
     except KeyboardInterrupt:
-        output.error("interrupted; what was committed is kept, run the command again to go on.")
+        _report_interrupted()
         sys.exit(130)
-
+    # Without standalone mode, Typer 0.29 returns the code of an Exit it caught: 0 after
+    # --help or --version, 130 after Ctrl-C (which it turns into Exit(130) silently).
+    if code == 130:
+        _report_interrupted()
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 # The step commands register themselves on `app`.
-from motex_db.cli import mining, report, series, steps  # noqa: E402,F401
+from motex_db.cli import environments, mining, report, series, steps  # noqa: E402,F401
