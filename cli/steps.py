@@ -75,7 +75,7 @@ def _parse_zoom(text: str) -> float | tuple[float, float, float]:
 def simulate(
     structure_file: Path = typer.Argument(..., help="Structure file (any format ase.io.read knows)."),
     out: Path = typer.Option(..., "--out", help="Where to write the .gr file."),
-    calculator: str = typer.Option("real", "--calculator", help="real (srreal's PDFCalculator) or debye (DebyePDFCalculator)."),
+    calculator: str = typer.Option("real", "--calculator", help="real (srreal's PDFCalculator), debye (its DebyePDFCalculator: Debye sum on srreal's Q grid) or debye-exact (the integral that sum approximates)."),
     radiation: str = typer.Option("xray", "--radiation", help="xray or neutron."),
     qmin: float = typer.Option(0.7, "--qmin", help="Qmin, Å^-1."),
     qmax: float = typer.Option(20.0, "--qmax", help="Qmax, Å^-1."),
@@ -88,6 +88,7 @@ def simulate(
     rmax: float = typer.Option(30.0, "--rmax", help="Last r, Å."),
     rstep: float = typer.Option(0.01, "--rstep", help="r step, Å."),
     radius: Optional[float] = typer.Option(None, "--radius", help="For a crystal: a sphere of this radius (Å) cut from a supercell."),
+    calc_rmax: Optional[float] = typer.Option(None, "--calc-rmax", help="srreal's rmax, Å (default rmax + rstep/2, as srfit sets it): calculate to this r and cut back; sets the debye calculator's Q grid and longest pair."),
 ) -> None:
     """Write the PDF of a structure (as a non-periodic cluster) to a .gr file. Needs no database."""
     from motex_db.simulation import simulate_file
@@ -95,7 +96,7 @@ def simulate(
     written, n_atoms = simulate_file(
         structure_file, out, calculator=calculator, radiation=radiation, qmin=qmin, qmax=qmax,
         qdamp=qdamp, qbroad=qbroad, delta2=delta2, zoom=_parse_zoom(zoom), biso=_parse_biso(biso),
-        rmin=rmin, rmax=rmax, rstep=rstep, radius=radius,
+        rmin=rmin, rmax=rmax, rstep=rstep, radius=radius, calc_rmax=calc_rmax,
     )
     console.print(f"wrote {written} ({n_atoms} atoms, {calculator} calculator, r {rmin:g}-{rmax:g} Å).")
 
@@ -134,7 +135,7 @@ def fit(
     data: Optional[str] = typer.Option(None, "--data", help="Dataset to fit against."),
     series: Optional[str] = typer.Option(None, "--series", help="Fit against every frame of this time-resolved series instead."),
     recipe: str = typer.Option("fast", "--recipe", help="fast (scale and one zoom) or mlmotex (scale and three zooms, the published recipe)."),
-    calculator: Optional[str] = typer.Option(None, "--calculator", help="real (default) or debye."),
+    calculator: Optional[str] = typer.Option(None, "--calculator", help="real (default), debye (srreal's DebyePDFCalculator) or debye-exact."),
     radiation: Optional[str] = typer.Option(None, "--radiation", help="xray (default) or neutron."),
     rmin: Optional[float] = typer.Option(None, "--rmin", help="Fit range start, Å (default 1.6)."),
     rmax: Optional[float] = typer.Option(None, "--rmax", help="Fit range end, Å (default 10)."),

@@ -31,21 +31,27 @@ def simulate_file(
     rmax: float = 30.0,
     rstep: float = 0.01,
     radius: Optional[float] = None,
+    calc_rmax: Optional[float] = None,
     **parameters,
 ) -> tuple[Path, int]:
     """Compute G(r) of a structure file and write it with every parameter in the header.
 
-    ``parameters`` are :class:`motex_db.pdf.PDFParameters` fields. Returns the
-    path written and the number of atoms.
+    ``parameters`` are :class:`motex_db.pdf.PDFParameters` fields. ``calc_rmax``
+    (Å) is srreal's rmax (default rmax + rstep/2, as srfit sets it): a curve
+    calculated to that r and cut back; for the ``debye`` calculator it sets the
+    Q grid and the longest pair kept. Returns the path written and the number of atoms.
     """
     params = PDFParameters(**parameters)
     structure = read_structure(structure_file, radius)
     r = r_grid(rmin, rmax, rstep)
-    g = cluster_pdf(structure.elements, structure.positions, r, params)
+    if calc_rmax is not None and not calc_rmax > r[-1]:
+        raise InputError(f"--calc-rmax ({calc_rmax:g} Å) must be beyond the last r ({r[-1]:g} Å).")
+    g = cluster_pdf(structure.elements, structure.positions, r, params, rmax_angstrom=calc_rmax)
     out = Path(out)
     if not out.parent.is_dir():
         raise InputError(f"cannot write {out}: the folder {out.parent} does not exist.")
-    header = {**params.to_dict(), "rmin": rmin, "rmax": rmax, "rstep": rstep}
+    header = {**params.to_dict(), "rmin": rmin, "rmax": rmax, "rstep": rstep,
+              "calc_rmax": calc_rmax if calc_rmax is not None else "rmax + rstep/2"}
     header["biso"] = json.dumps(header["biso"])
     header["zoom"] = json.dumps(header["zoom"])
     header.update(structure=structure.source_file, n_atoms=len(structure.elements), radius=radius or "none",

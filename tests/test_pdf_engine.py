@@ -87,6 +87,43 @@ def slow_debye_pdf(elements, positions, r, params) -> np.ndarray:
     return g * np.exp(-0.5 * (params.qdamp * r) ** 2)
 
 
+def slow_srreal_debye_pdf(elements, positions, r, params, srreal_rmax=None) -> np.ndarray:
+    """srreal's DebyePDFCalculator spelled out (libdiffpy 1.4, ``DebyePDFCalculator.cpp``).
+
+    rstep = r[1] - r[0], rmin = r[0], rmax = r[-1] + rstep/2 (srfit) unless given;
+    extension = 6 * 2 pi / qmax + the widest Gaussian's half width at 3.33e-6
+    of its height; pairs with rcalclo <= d <= rcalchi; F on Q_k = k pi / rcalchi
+    for k < ceil(qmax / qstep), zeroed below qmin; an odd, zero-padded FFT of
+    length 2 npad; G read off by linear interpolation and damped.
+    """
+    dr = r[1] - r[0]
+    rmin, rmax = r[0], (r[-1] + dr / 2 if srreal_rmax is None else srreal_rmax)
+    u = [params.biso_of(e) / (8 * math.pi**2) for e in elements]
+    widest = 2 * math.sqrt(2 * math.log(2)) * math.sqrt(2 * max(u))
+    ext = 6 * 2 * math.pi / params.qmax + widest * math.sqrt(-math.log(3.33e-6) / (4 * math.log(2)))
+    lo = max(0, math.ceil((rmin - ext) / dr - 1e-9)) * dr
+    hi = math.ceil((rmax + ext) / dr) * dr
+    qstep = math.pi / hi
+    q = np.arange(math.ceil(params.qmax / qstep)) * qstep
+    f = {e: np.asarray(xraydb.f0(e, q / (4 * math.pi))) for e in set(elements)}
+    big_f = np.zeros(q.size)
+    for i in range(len(elements)):
+        for j in range(len(elements)):
+            d = np.linalg.norm(positions[i] - positions[j])
+            if i != j and lo <= d <= hi:
+                damping = np.exp(-0.5 * (u[i] + u[j]) * q**2)
+                big_f += f[elements[i]] * f[elements[j]] * damping * np.sin(q * d) / d
+    big_f /= sum(f[e] for e in elements) ** 2 / len(elements)
+    big_f[: math.ceil(params.qmin / qstep - 1e-9)] = 0.0
+    npad = 2 ** math.ceil(math.log2(max(q.size, math.ceil(math.pi / dr / qstep))))
+    odd = np.zeros(2 * npad)
+    odd[: q.size] = big_f
+    odd[2 * npad - np.arange(1, npad)] = -odd[1:npad]
+    g_fft = (2 / math.pi) * qstep * npad * np.fft.ifft(odd).imag[:npad]
+    g = np.interp(r, np.arange(npad) * math.pi / (npad * qstep), g_fft)
+    return g * np.exp(-0.5 * (params.qdamp * r) ** 2)
+
+
 def relative_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
@@ -114,12 +151,38 @@ def test_neutron_real_calculator_weights_pairs_by_scattering_lengths():
     assert relative_error(xray, slow) > 0.01  # W/O contrast differs between X-rays and neutrons
 
 
-def test_debye_calculator_equals_debye_double_loop_and_numerical_integral():
+def test_exact_debye_calculator_equals_debye_double_loop_and_numerical_integral():
     elements, positions = small_cluster(seed=2)
     r = uniform_grid(1.0, 9.0, 0.05)
-    params = PDFParameters(calculator="debye", biso={"*": 0.5})
+    params = PDFParameters(calculator="debye-exact", biso={"*": 0.5})
     slow = slow_debye_pdf(elements, positions, r, params)
     assert relative_error(cluster_pdf(elements, positions, r, params), slow) < 1e-9
+
+
+@pytest.mark.parametrize("srreal_rmax", [None, 14.0, 40.0])
+def test_debye_calculator_is_srreals_q_grid_sum_fft_and_interpolation(srreal_rmax):
+    elements, positions = small_cluster(seed=2)
+    r = uniform_grid(1.0, 6.0)
+    params = PDFParameters(calculator="debye", biso={"*": 0.5})
+    slow = slow_srreal_debye_pdf(elements, positions, r, params, srreal_rmax)
+    ours = cluster_pdf(elements, positions, r, params, rmax_angstrom=srreal_rmax)
+    assert relative_error(ours, slow) < 1e-9
+    exact = cluster_pdf(elements, positions, r, PDFParameters(calculator="debye-exact", biso={"*": 0.5}))
+    assert relative_error(ours, exact) > 1e-4  # the Q grid and the interpolation are visible
+
+
+def test_debye_calculator_drops_pairs_beyond_srreals_extended_range():
+    # two W pairs 2 Å apart, the pairs 30 Å from each other: with r up to 8 Å
+    # srreal keeps pairs up to 8 + 2.4 Å only; asked for rmax 40 it keeps all
+    elements = ["W"] * 4
+    positions = np.array([[0, 0, 0], [2.0, 0, 0], [30.0, 0, 0], [32.0, 0, 0]])
+    r = uniform_grid(1.0, 8.0)
+    near = cluster_pdf(elements[:2], positions[:2], r, PDFParameters(calculator="debye"))
+    both = cluster_pdf(elements, positions, r, PDFParameters(calculator="debye"))
+    # the same pairs in range, and half as many atoms per pair in the normalisation
+    np.testing.assert_allclose(both, near, rtol=0, atol=1e-12 * np.abs(near).max())
+    far = cluster_pdf(elements, positions, r, PDFParameters(calculator="debye"), rmax_angstrom=40.0)
+    assert relative_error(far, both) > 1e-3
 
 
 def test_single_element_pdf_does_not_depend_on_radiation():
@@ -135,7 +198,7 @@ def test_zoom_three_factors_multiplies_x_y_z():
     elements, positions = small_cluster(seed=4)
     r = uniform_grid(1.0, 9.0)
     zoom = (0.97, 1.0, 1.05)
-    for calculator in ("real", "debye"):
+    for calculator in ("real", "debye", "debye-exact"):
         zoomed = cluster_pdf(elements, positions, r, PDFParameters(calculator=calculator, zoom=zoom))
         moved = cluster_pdf(elements, positions * np.array(zoom), r, PDFParameters(calculator=calculator))
         np.testing.assert_allclose(zoomed, moved, rtol=0, atol=1e-12 * np.abs(moved).max())
@@ -234,7 +297,7 @@ def particle():
     return oxide_particle(10)
 
 
-@pytest.mark.parametrize("calculator", ["real", "debye"])
+@pytest.mark.parametrize("calculator", ["real", "debye", "debye-exact"])
 @pytest.mark.parametrize("zoom", [1.0, 1.007, (0.995, 1.0, 1.01)])
 def test_batched_pdfs_equal_cluster_pdf_of_each_motif(particle, calculator, zoom):
     elements, positions, membership = particle
@@ -329,7 +392,7 @@ def test_debye_sum_over_thousands_of_distinct_distances_matches_pair_by_pair_ker
     positions = np.cumsum(rng.normal(scale=1.6, size=(75, 3)), axis=0)
     elements = ["Au"] * 75
     r = uniform_grid(1.0, 12.0, 0.02)
-    params = PDFParameters(calculator="debye")
+    params = PDFParameters(calculator="debye-exact")
     engine = MotifPDFEngine(elements, positions, np.eye(75, dtype=bool), r, params)
     assert engine.n_classes() > 2000
     batched = engine.pdfs(np.ones(75, dtype=bool))[0]
@@ -345,3 +408,21 @@ def test_no_pairs_in_reach_gives_zero_not_an_error():
     assert not cluster_pdf(["W", "W"], [[0, 0, 0], [50, 0, 0]], r, PDFParameters()).any()
     engine = MotifPDFEngine(["W"], [[0, 0, 0]], np.ones((1, 1), bool), r, PDFParameters())
     assert not engine.pdfs(np.ones((1, 1), bool)).any()
+
+
+def test_fit_configs_of_the_new_debye_meaning_never_match_old_ones():
+    # before issue 14, "debye" meant the exact integral; a record holding such
+    # results must not hand them out for the srreal-grid calculator
+    import hashlib
+    import json
+
+    from motex_db.fitting import ENGINE_VERSION, FitSettings
+
+    settings = FitSettings(calculator="debye").resolved({})
+    old = hashlib.sha256(json.dumps(
+        {"engine_version": ENGINE_VERSION, "settings": settings.to_dict()},
+        sort_keys=True, separators=(",", ":"), allow_nan=False,
+    ).encode()).hexdigest()
+    assert settings.content_hash() != old
+    hashes = {FitSettings(calculator=c).resolved({}).content_hash() for c in ("real", "debye", "debye-exact")}
+    assert len(hashes) == 3

@@ -34,6 +34,10 @@ __all__ = ["ENGINE_VERSION", "FitSettings", "RECIPES", "RECIPE_NAMES", "FREE_NAM
 
 #: Version of the fitting numerics; bump it whenever results for the same settings would change.
 ENGINE_VERSION = "motex-pdf 1"
+#: Calculators whose numerics changed after ENGINE_VERSION was set: their configurations also hash this
+#: revision, so results computed under an older meaning are never reused, while the other calculators'
+#: results stay valid. "debye" became srreal's own Q-grid sum (the exact integral is now "debye-exact").
+CALCULATOR_REVISIONS = {"debye": "srreal Q grid"}
 
 RECIPE_NAMES = ("fast", "mlmotex", "custom")
 #: Names that ``free`` may hold, besides ``biso_<El>`` (one element's Biso).
@@ -101,7 +105,8 @@ class FitSettings:
 
     - ``recipe``: ``"fast"`` (scale, one zoom), ``"mlmotex"`` (scale, three
       zooms) or ``"custom"`` (any other choice of ``free``).
-    - ``calculator``: ``"real"`` (srreal ``PDFCalculator``) or ``"debye"``.
+    - ``calculator``: ``"real"`` (srreal ``PDFCalculator``), ``"debye"`` (srreal
+      ``DebyePDFCalculator`` on its Q grid) or ``"debye-exact"`` (the integral it approximates).
     - ``radiation``: ``"xray"`` or ``"neutron"``.
     - ``rmin``, ``rmax``: fit range, Å; the data points with rmin <= r <= rmax.
     - ``qmin``, ``qmax``: Q window, Å^-1; ``None`` until :meth:`resolved`
@@ -276,10 +281,10 @@ class FitSettings:
     def content_hash(self, engine_version: str = ENGINE_VERSION) -> str:
         """SHA-256 (hex) of the resolved settings and the engine version: the identity of a fit configuration."""
         self._require_resolved("hashing them")
-        text = json.dumps(
-            {"engine_version": str(engine_version), "settings": self.to_dict()},
-            sort_keys=True, separators=(",", ":"), allow_nan=False,
-        )
+        identity = {"engine_version": str(engine_version), "settings": self.to_dict()}
+        if self.calculator in CALCULATOR_REVISIONS:
+            identity["calculator_revision"] = CALCULATOR_REVISIONS[self.calculator]
+        text = json.dumps(identity, sort_keys=True, separators=(",", ":"), allow_nan=False)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

@@ -12,7 +12,13 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from motex_db.errors import InputError
-from motex_db.pdf.kernels import DebyeTransform, RealSpaceTransform, gaussian_half_width, jeong_fwhm
+from motex_db.pdf.kernels import (
+    DebyeTransform,
+    RealSpaceTransform,
+    SrrealDebyeTransform,
+    gaussian_half_width,
+    jeong_fwhm,
+)
 from motex_db.pdf.pairs import PairClasses, cluster_pair_classes, species_index
 from motex_db.pdf.parameters import PDFParameters
 from motex_db.pdf.scattering import scattering_factors
@@ -33,9 +39,11 @@ def cluster_pdf(
 ) -> np.ndarray:
     """G(r) (Å^-2) of a non-periodic cluster on the grid ``r_angstrom`` (Å).
 
-    ``params.calculator`` picks srreal's real-space ``PDFCalculator`` or its
-    ``DebyePDFCalculator`` (every pair kept); ``params.zoom`` multiplies the
-    coordinates first. There is no number-density baseline (a finite cluster).
+    ``params.calculator`` picks srreal's real-space ``PDFCalculator``
+    (``"real"``), its ``DebyePDFCalculator`` as it computes (``"debye"``: its
+    own Q grid and pair range, see :class:`SrrealDebyeTransform`), or the
+    integral that calculator approximates, every pair kept
+    (``"debye-exact"``); ``params.zoom`` multiplies the coordinates first. There is no number-density baseline (a finite cluster).
     G is normalised by N <f>^2 = (sum_i f_i)^2 / N over the cluster's atoms,
     as srreal does; a cluster with fewer than two atoms gives G = 0 (no pairs),
     as does total scattering strength 0 (srreal's guard against dividing by 0).
@@ -50,9 +58,13 @@ def cluster_pdf(
     the band-limited result evaluated at each given r.
 
     ``rmax_angstrom`` sets srreal's rmax (exclusive end of its grid) instead of
-    srfit's r_max + step/2; calling srreal's ``PDFCalculator`` directly with
-    rmin=r[0], rmax=R is reproduced by ``rmax_angstrom=R``. It only moves the
-    end of the real-space calculator's extended range (by at most a step).
+    srfit's r_max + step/2; calling srreal's ``PDFCalculator`` or
+    ``DebyePDFCalculator`` directly with rmin=r[0], rmax=R is reproduced by
+    ``rmax_angstrom=R``. For the real-space calculator it only moves the end
+    of the extended range (by at most a step); for ``"debye"`` it sets the Q
+    grid (step pi / (R + extension)) and the longest pair kept, so a curve
+    computed to a large rmax and cut back needs that rmax. ``"debye-exact"``
+    ignores it.
     """
     elements, positions, r = check_cluster_input(elements, positions_angstrom, r_angstrom)
     setup = ClusterModel(elements, params)
@@ -63,11 +75,14 @@ def cluster_pdf(
     if params.calculator == "real":
         transform = setup.transform(r, 0.0, rmax_angstrom=rmax_angstrom)
         keep = setup.reach_test(transform)
+    elif params.calculator == "debye":
+        transform = setup.transform(r, 0.0, rmax_angstrom=rmax_angstrom)
+        keep = transform.in_pair_range
     classes = cluster_pair_classes(positions, setup.species, setup.n_species, keep)
     if classes.n_classes == 0:
         return np.zeros(r.size)
     distance = classes.components
-    if params.calculator == "debye":
+    if params.calculator == "debye-exact":
         transform = setup.transform(r, float(distance.max()))
     fwhm = setup.class_fwhm(classes, distance)
     codes = np.unique(classes.code)
@@ -75,7 +90,8 @@ def cluster_pdf(
     for code, code_weight in zip(codes, setup.code_weight(codes, transform)):
         members = classes.code == code
         # each unordered pair counts twice in srreal's sum over i != j
-        f_total += code_weight * transform.sum_q(distance[members], fwhm[members], 2.0 * classes.size[members])
+        extra = {"pair_weight": 2.0 * code_weight} if isinstance(transform, SrrealDebyeTransform) else {}
+        f_total += code_weight * transform.sum_q(distance[members], fwhm[members], 2.0 * classes.size[members], **extra)
     norm = setup.normalisation(np.bincount(setup.species, minlength=setup.n_species)[None, :], transform)
     return ((f_total[None, :] / norm) @ transform.projection)[0]
 
@@ -130,12 +146,18 @@ class ClusterModel:
     def transform(
         self, r: np.ndarray, max_distance: float, rmax_angstrom: float | None = None
     ) -> RealSpaceTransform | DebyeTransform:
-        """The Q-space kernels and projection for this r grid (``max_distance`` in Å: longest pair)."""
+        """The Q-space kernels and projection for this r grid.
+
+        ``max_distance`` (Å): the longest pair, which sizes the exact Debye
+        quadrature; ``rmax_angstrom``: srreal's rmax (real and ``"debye"``).
+        """
         p = self.params
         if rmax_angstrom is not None and not (r.size == 0 or float(rmax_angstrom) > float(r.max())):
             raise InputError(f"rmax_angstrom ({rmax_angstrom}) must be larger than the largest r ({r.max()}).")
         if p.calculator == "real":
             return RealSpaceTransform(r, p.qmin, p.qmax, p.qdamp, p.delta2, p.qbroad, self.max_uiso, rmax_angstrom)
+        if p.calculator == "debye":
+            return SrrealDebyeTransform(r, p.qmin, p.qmax, p.qdamp, p.delta2, p.qbroad, self.max_uiso, rmax_angstrom)
         return DebyeTransform(r, p.qmin, p.qmax, p.qdamp, max_distance)
 
     def reach_test(self, transform: RealSpaceTransform) -> Callable[[np.ndarray], np.ndarray]:

@@ -205,7 +205,7 @@ class MotifPDFEngine:
             if self.params.calculator == "real":
                 self._transforms[key] = self._model.transform(self.r, 0.0, rmax_angstrom=self._rmax)
             else:
-                self._transforms[key] = self._model.transform(self.r, 1.1**key)
+                self._transforms[key] = self._model.transform(self.r, 1.1**key, rmax_angstrom=self._rmax)
         return self._transforms[key]
 
     @property

@@ -41,11 +41,18 @@ Debye calculator (srreal ``DebyePDFCalculator``, ``BaseDebyeSum``):
 - G(r) = (2/pi) * integral_{qmin}^{qmax} F(Q) sin(Q r) dQ, times the qdamp
   envelope.
 
-srreal samples Q on a uniform grid Q_k = k pi / (rmax + extension) and sums
-(a Riemann sum), dropping pairs beyond rmax + extension; we keep every pair
-and integrate with composite Gauss-Legendre quadrature fine enough for the
-largest pair distance (error ~1e-12), which is the integral srreal's sum
-approximates.
+srreal does not integrate: it samples F on its own grid Q_k = k qstep,
+qstep = pi / rcalchi, where rcalchi = rmax + extension rounded up to a
+multiple of rstep (the extension is the real-space calculator's: 6
+termination ripples plus the widest peak's tail, at most 10 Å), keeps only
+pairs with rcalclo <= d <= rcalchi, stops a pair's sum at the first Q where
+its amplitude falls to 1e-6 (``debyeprecision``), sine transforms the zero
+padded F by FFT onto the grid r_i = i pi / (npad qstep) and interpolates
+linearly to the output r (``DebyePDFCalculator::getPDFAtQmin``).
+:class:`SrrealDebyeTransform` is that computation (calculator ``"debye"``);
+:class:`DebyeTransform` is the integral it approximates, every pair kept,
+by composite Gauss-Legendre quadrature fine enough for the largest pair
+distance (error ~1e-12; calculator ``"debye-exact"``).
 """
 
 from __future__ import annotations
@@ -65,6 +72,7 @@ __all__ = [
     "gaussian_half_width",
     "RealSpaceTransform",
     "DebyeTransform",
+    "SrrealDebyeTransform",
     "binned_sine_sum",
 ]
 
@@ -141,6 +149,13 @@ def _envelope(r: np.ndarray, qdamp: float) -> np.ndarray:
     return np.exp(-0.5 * (qdamp * r) ** 2)
 
 
+def max_peak_fwhm(rmin: float, rmax: float, delta2: float, qbroad: float, max_uiso: float) -> float:
+    """srreal 1.4 ``JeongPeakWidth::maxWidth`` (Å): the widest peak of two atoms with the largest U (Å^2),
+    widened where the Jeong correction exceeds 1 at either end of the range [rmin, rmax] (Å)."""
+    corr = [1.0 - delta2 / x**2 + (qbroad * x) ** 2 if x > 0 else 0.0 for x in (rmin, rmax)]
+    return FWHM_PER_SIGMA * math.sqrt(max(2.0 * max_uiso, 0.0)) * math.sqrt(max(1.0, *corr))
+
+
 def grid_step(r: np.ndarray, qmax: float) -> tuple[float, bool]:
     """The calculation step (Å) for an output r grid, and whether srreal's own grid coincides with it.
 
@@ -215,11 +230,7 @@ class RealSpaceTransform:
         nyquist = math.pi / rstep
         qmax_eff = min(qmax, nyquist)
         ext_ripples = N_RIPPLES * 2 * math.pi / qmax_eff if _EPS < qmax_eff < nyquist - _EPS else 0.0
-        # JeongPeakWidth::maxWidth: widest peak of two atoms with the largest U,
-        # widened where the Jeong correction exceeds 1 at either end of the range.
-        corr = [1.0 - delta2 / x**2 + (qbroad * x) ** 2 if x > 0 else 0.0 for x in (rmin, rmax)]
-        max_fwhm = FWHM_PER_SIGMA * math.sqrt(max(2.0 * max_uiso, 0.0)) * math.sqrt(max(1.0, *corr))
-        ext_tails = float(gaussian_half_width(max_fwhm))
+        ext_tails = float(gaussian_half_width(max_peak_fwhm(rmin, rmax, delta2, qbroad, max_uiso)))
         if ext_ripples + ext_tails > MAX_EXTENSION:
             ext_ripples *= MAX_EXTENSION / (ext_ripples + ext_tails)
         ext_lo = max(0, _rmin_steps(rmin - ext_ripples, rstep))
@@ -366,6 +377,132 @@ class DebyeTransform:
             sl = slice(start, start + chunk)
             total += scale[sl] @ self.kernel_q(distance[sl], fwhm[sl], np.ones(1))
         return total
+
+
+#: srreal's DEFAULT_DEBYE_PRECISION: a pair's Debye sum stops at the first Q where its amplitude is this small.
+DEBYE_PRECISION = 1e-6
+
+
+class SrrealDebyeTransform(DebyeTransform):
+    """Kernels and projection of srreal's ``DebyePDFCalculator`` as it computes (libdiffpy 1.4).
+
+    ``r`` is the output grid (Å), treated like :class:`RealSpaceTransform`'s:
+    srreal's rstep and rmin from it (:func:`grid_step`), its rmax the last r
+    plus half a step (srfit's ``PDFGenerator``) unless ``rmax`` (Å) is given.
+    ``max_uiso`` (Å^2), ``delta2`` and ``qbroad`` set the peak-tail part of the
+    extension. Then:
+
+    - pairs are kept where ``pair_range[0] <= d <= pair_range[1]`` (srreal's
+      rcalclo and rcalchi: rmin and rmax extended by 6 ripples 2 pi / qmax plus
+      the widest peak's tail, together at most 10 Å, on multiples of rstep);
+    - Q runs over k qstep, qstep = pi / rcalchi (at least 4 steps to qmax),
+      from the first k at or above qmin to the last below qmax;
+    - a pair's terms stop at the first Q where
+      |2 f_i f_j exp(-sigma^2 Q^2 / 2) / d| <= 1e-6 (where its strength is known);
+    - G on the FFT grid r_i = i drpad, drpad = pi / (npad qstep) with npad the
+      power of two at or above max(n_q, pi / (rstep qstep)), is
+      (2/pi) qstep sum_k F_k sin(Q_k r_i), interpolated linearly to each r and
+      damped by exp(-(qdamp r)^2 / 2).
+    """
+
+    def __init__(
+        self,
+        r: np.ndarray,
+        qmin: float,
+        qmax: float,
+        qdamp: float,
+        delta2: float,
+        qbroad: float,
+        max_uiso: float,
+        rmax: float | None = None,
+    ):
+        self.r = np.asarray(r, dtype=float)
+        rstep, _ = grid_step(self.r, qmax)
+        rmin = float(self.r.min(initial=0.0))
+        rmax = float(self.r.max(initial=0.0)) + 0.5 * rstep if rmax is None else float(rmax)
+        ripples = N_RIPPLES * 2 * math.pi / qmax if qmax > 0 else 0.0
+        tails = float(gaussian_half_width(max_peak_fwhm(rmin, rmax, delta2, qbroad, max_uiso)))
+        extension = min(MAX_EXTENSION, ripples + tails)
+        rcalclo = max(0, _rmin_steps(rmin - extension, rstep)) * rstep
+        rcalchi = _rmax_steps(rmax + extension, rstep) * rstep
+        self.pair_range = (rcalclo, rcalchi)
+        self.max_distance = rcalchi
+        # DebyePDFCalculator::updateQstep: at least 4 steps to qmax
+        self.qstep = math.pi / rcalchi if qmax * rcalchi / math.pi > 4 else qmax / 4
+        n_q = math.ceil(qmax / self.qstep)
+        self.k = np.arange(min(_rmin_steps(qmin, self.qstep), n_q), n_q)
+        self.q = self.k * self.qstep
+        self.q_weights = np.full(self.q.size, self.qstep)
+        n_fft = max(n_q, math.ceil(math.pi / rstep / self.qstep))
+        self.npad = 1 << max(0, math.ceil(math.log2(n_fft)))
+        drpad = math.pi / (self.npad * self.qstep)
+        x = self.r / drpad
+        lower = np.floor(x).astype(np.int64)
+        upper_weight = x - lower
+        # sin(Q_k i drpad) = sin(pi k i / npad), reduced exactly over integers
+        def sines(i: np.ndarray) -> np.ndarray:
+            return np.sin(np.pi * (np.outer(self.k, i) % (2 * self.npad)) / self.npad)
+
+        interpolated = sines(lower) * (1.0 - upper_weight) + sines(lower + 1) * upper_weight
+        self.projection = (2.0 / math.pi) * self.qstep * interpolated * _envelope(self.r, qdamp)
+
+    def in_pair_range(self, distance: np.ndarray) -> np.ndarray:
+        """True for the pair distances (Å) srreal's bond generator visits."""
+        distance = np.asarray(distance, dtype=float)
+        return (distance >= self.pair_range[0]) & (distance <= self.pair_range[1])
+
+    def _alive(self, distance: np.ndarray, fwhm: np.ndarray, pair_weight: np.ndarray) -> np.ndarray:
+        """(n, n_q) 1/0: srreal's per-pair loop over Q still running (it breaks at the first small term)."""
+        sigma = np.asarray(fwhm, dtype=float) / FWHM_PER_SIGMA
+        amplitude = np.abs(np.broadcast_to(pair_weight, (distance.size, self.n_q)))
+        amplitude = amplitude * np.exp(-0.5 * np.outer(sigma**2, self.q**2)) / distance[:, None]
+        return ~np.logical_or.accumulate(amplitude <= DEBYE_PRECISION, axis=1)
+
+    def kernel_q(self, distance: np.ndarray, fwhm: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        """As :meth:`DebyeTransform.kernel_q` on srreal's Q grid, zero for pairs out of range.
+
+        ``weight`` is one pair's strength counted both ways (2 f_a f_b), so the
+        precision cut-off applies here.
+        """
+        distance = np.asarray(distance, dtype=float)
+        fwhm = np.asarray(fwhm, dtype=float)
+        weight = np.asarray(weight, dtype=float)
+        if weight.ndim == 1:
+            weight = weight[:, None]
+        out = super().kernel_q(distance, fwhm, weight)
+        out *= self._alive(distance, fwhm, weight)
+        out[~self.in_pair_range(distance)] = 0.0
+        return out
+
+    def sum_q(
+        self, distance: np.ndarray, fwhm: np.ndarray, scale: np.ndarray, pair_weight=None, chunk: int = 4000
+    ) -> np.ndarray:
+        """sum_c scale_c * kernel_q[c] (weight 1) over the classes in range, shape (n_q,).
+
+        ``pair_weight`` (one pair's 2 f_a f_b, a number or (n_q,)) applies the
+        precision cut-off; without it every term is kept (the cut-off removes
+        terms of at most 1e-6 each).
+        """
+        distance = np.asarray(distance, dtype=float)
+        keep = self.in_pair_range(distance)
+        distance = distance[keep]
+        fwhm = np.asarray(fwhm, dtype=float)[keep]
+        scale = np.asarray(scale, dtype=float).ravel()[keep]
+        if distance.size == 0:
+            return np.zeros(self.n_q)
+        if pair_weight is not None:
+            pair_weight = np.broadcast_to(np.asarray(pair_weight, dtype=float).ravel(), (self.n_q,))
+            # the weakest possible term: the widest peak at the longest distance, at the last Q
+            widest = fwhm.max() / FWHM_PER_SIGMA * self.q.max(initial=0.0)
+            weakest = np.abs(pair_weight).min() * math.exp(-0.5 * widest**2) / distance.max()
+            if weakest <= DEBYE_PRECISION:
+                total = np.zeros(self.n_q)
+                for start in range(0, distance.size, chunk):
+                    sl = slice(start, start + chunk)
+                    alive = self._alive(distance[sl], fwhm[sl], pair_weight[None, :])
+                    total += scale[sl] @ (DebyeTransform.kernel_q(self, distance[sl], fwhm[sl], np.ones(1)) * alive)
+                return total
+        return super().sum_q(distance, fwhm, scale)
 
 
 def binned_sine_sum(distance: np.ndarray, amplitude: np.ndarray, q: np.ndarray, order: int = 7) -> np.ndarray:

@@ -18,7 +18,7 @@ from motex_db.errors import InputError
 
 __all__ = ["CALCULATORS", "RADIATIONS", "PDFParameters", "Zoom", "bare_symbol", "zoom_factors"]
 
-CALCULATORS = ("real", "debye")
+CALCULATORS = ("real", "debye", "debye-exact")
 RADIATIONS = ("xray", "neutron")
 
 Zoom = float | tuple[float, float, float]
@@ -86,8 +86,9 @@ class PDFParameters:
     Fields (units):
 
     - ``calculator``: ``"real"`` (srreal ``PDFCalculator``: Gaussian peaks in
-      real space, then the Q window applied by FFT) or ``"debye"`` (srreal
-      ``DebyePDFCalculator``: Debye sum in Q, then sine transform).
+      real space, then the Q window applied by FFT), ``"debye"`` (srreal
+      ``DebyePDFCalculator``: Debye sum on its Q grid, then sine transform)
+      or ``"debye-exact"`` (the integral that sum approximates, every pair kept).
     - ``radiation``: ``"xray"`` (Waasmaier-Kirfel form factors) or ``"neutron"``
       (coherent scattering lengths).
     - ``qmin``, ``qmax``: the Q window, Å^-1.
