@@ -292,6 +292,58 @@ class AtomContribution(SQLModel, table=True):
     contribution_three_quarters: Optional[float] = None
 
 
+class PolishRun(SQLModel, table=True):
+    """A direct search from a start motif to the best-fitting motif (step 5, ``motex-db polish``).
+
+    Every motif it evaluates is an ordinary ``motif`` row (sampler 'polish')
+    with its ``fit_result``; this row holds the search's inputs, its state and
+    what it found. The same inputs again find this row: a finished run is
+    reused, an interrupted one is taken over and replayed from the stored fits.
+    """
+
+    __tablename__ = "polish_run"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    starting_model_id: int = _foreign_key("starting_model.id")
+    dataset_id: int = _foreign_key("dataset.id")
+    fit_config_id: int = _foreign_key("fit_config.id")
+    start_motif_id: int = Field(
+        sa_column=sa.Column(sa.Integer, sa.ForeignKey("motif.id", ondelete="CASCADE"), nullable=False)
+    )
+    # structure, dataset, fit config, start motif, strategy, budget, seed, options
+    inputs_hash: str = Field(sa_column=sa.Column(sa.String(64), nullable=False, unique=True))
+    strategy: str = Field(sa_column=sa.Column(sa.String(20), nullable=False))
+    budget: int
+    seed: int
+    # {"min_gain", "patience", "tenure", "swap_candidates"}
+    options: dict = _json_column()
+    status: str = Field(
+        sa_column=sa.Column(
+            sa.String(10),
+            sa.CheckConstraint("status IN ('running', 'done')", name="ck_polish_run_status"),
+            nullable=False,
+        )
+    )
+    start_rwp: Optional[float] = None
+    best_motif_id: Optional[int] = Field(
+        default=None, sa_column=sa.Column(sa.Integer, sa.ForeignKey("motif.id", ondelete="CASCADE"), nullable=True)
+    )
+    best_rwp: Optional[float] = None
+    # motifs the search looked at (stored fits included) and fits it computed itself
+    n_evaluated: int = 0
+    n_fitted: int = 0
+    seconds: float = 0.0
+    # why it stopped: 'budget' or 'converged'
+    stopped: Optional[str] = None
+    # best Rwp at each motif size among the motifs it evaluated: [{"n_kept", "rwp", "motif_id"}]
+    path: Optional[list] = _json_column(nullable=True)
+    # the process running it (host:pid:token) and its lease, as for fit claims
+    worker: Optional[str] = None
+    expires_at: Optional[datetime] = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True), nullable=True))
+    created_at: datetime = _created_at()
+    finished_at: Optional[datetime] = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True), nullable=True))
+
+
 class FitClaim(SQLModel, table=True):
     """A worker's lease on one (motif, dataset, fit_config) while it fits it.
 
