@@ -179,7 +179,10 @@ def add_datasets(
     Every file is read and validated before anything is written, so a bad file
     leaves the record as it was. A file whose content is already stored gives
     the existing row. Within a series, frame times come from ``time`` (one
-    file), the times file, or the order of the files.
+    file), the times file, or the order of the files: 0, 1, 2, ... for a new
+    series, and for a series that has frames, on after its last time with its
+    step (the last two frames' difference; 1 for a series of one frame). A
+    time the series already has, or two new frames at one time, is refused.
     """
     if not paths:
         raise InputError("name at least one data file.")
@@ -190,21 +193,24 @@ def add_datasets(
     times = read_times_file(times_file) if times_file is not None else None
     data = [read_pdf_data(path) for path in paths]
     names = [name] if name is not None else [Path(p).stem for p in paths]
-    frame_times: list[Optional[float]] = []
-    for index, item in enumerate(data):
-        if times is not None:
+    given_times: Optional[list[float]] = None
+    if times is not None:
+        given_times = []
+        for item in data:
             if item.source_file not in times:
                 raise InputError(f"times file {times_file} gives no time for {item.source_file}.")
-            frame_times.append(times[item.source_file])
-        elif time is not None:
-            frame_times.append(time)
-        else:
-            frame_times.append(float(index) if series is not None else None)
+            given_times.append(times[item.source_file])
+    elif time is not None:
+        given_times = [time]
     if len(set(names)) != len(names):
         raise InputError("two of the files would get the same dataset name; add them separately with --name.")
 
     results = []
     with transaction(engine) as session:
+        if series is None:
+            frame_times: list[Optional[float]] = given_times or [None] * len(data)
+        else:
+            frame_times = _series_frame_times(session, series, data, given_times)
         for item, dataset_name, frame_time in zip(data, names, frame_times):
             existing = session.exec(select(Dataset).where(Dataset.content_hash == item.content_hash)).first()
             if existing is not None:
@@ -233,6 +239,36 @@ def add_datasets(
             session.flush()
             results.append((row, True))
     return results
+
+
+def _series_frame_times(
+    session: Session, series: str, data: Sequence[PDFData], given: Optional[list[float]]
+) -> list[float]:
+    """Times of new frames of ``series``: the given ones, else on from the series' last time with its step.
+
+    Files whose content is already stored keep their row and are left out of
+    the check. Raises :class:`InputError` for a time the series already has
+    or one given to two new frames.
+    """
+    stored = session.exec(select(Dataset.content_hash, Dataset.time).where(Dataset.series == series)).all()
+    taken = sorted(t for _, t in stored if t is not None)
+    if given is None:
+        if not taken:
+            return [float(index) for index in range(len(data))]
+        step = taken[-1] - taken[-2] if len(taken) > 1 else 1.0
+        return [taken[-1] + step * (index + 1) for index in range(len(data))]
+    known_content = {h for h, _ in stored}
+    seen: dict[float, str] = {}
+    for item, t in zip(data, given):
+        if item.content_hash in known_content:
+            continue
+        if t in taken:
+            raise InputError(f"series '{series}' already has a frame at t = {t:g} s ({item.source_file}); "
+                             "give it another time.")
+        if t in seen:
+            raise InputError(f"{seen[t]} and {item.source_file} are both given t = {t:g} s in series '{series}'.")
+        seen[t] = item.source_file
+    return list(given)
 
 
 def get_dataset(session: Session, name: str) -> Dataset:

@@ -258,6 +258,43 @@ def test_series_with_a_times_file(motex, record, tmp_path):
     assert listing.stdout.splitlines()[1:] == ["f0,0", "f1,30", "f2,60"]
 
 
+def series_times(motex, record, series):
+    listing = motex("sql", f"SELECT name, time FROM dataset WHERE series = '{series}' ORDER BY time", "--csv", db=record)
+    return [tuple(line.split(",")) for line in listing.stdout.splitlines()[1:]]
+
+
+def test_frames_added_later_continue_after_the_series_last_time_with_its_step(motex, record, tmp_path):
+    frames = [write(tmp_path / f"f{i}.gr", gr_text(start=1.0 + 0.01 * i)) for i in range(5)]
+    times = write(tmp_path / "times.csv", "file,time\nf0.gr,0\nf1.gr,30\nf2.gr,60\n")
+    assert motex("data", "add", *frames[:3], "--series", "growth", "--times", times, db=record).exit_code == 0
+    result = motex("data", "add", *frames[3:], "--series", "growth", db=record)
+    assert result.exit_code == 0, result.output
+    assert "series 'growth' at t = 120 s" in result.stdout
+    assert series_times(motex, record, "growth") == [("f0", "0"), ("f1", "30"), ("f2", "60"), ("f3", "90"), ("f4", "120")]
+    # a series numbered by file order goes on numbering
+    a = [write(tmp_path / f"a{i}.gr", gr_text(start=2.0 + 0.01 * i)) for i in range(2)]
+    b = [write(tmp_path / f"b{i}.gr", gr_text(start=3.0 + 0.01 * i)) for i in range(2)]
+    assert motex("data", "add", *a, "--series", "t", db=record).exit_code == 0
+    assert motex("data", "add", *b, "--series", "t", db=record).exit_code == 0
+    assert series_times(motex, record, "t") == [("a0", "0"), ("a1", "1"), ("b0", "2"), ("b1", "3")]
+
+
+def test_a_time_the_series_already_has_is_refused_through_the_console_script(motex, motex_process, record, tmp_path):
+    frames = [write(tmp_path / f"f{i}.gr", gr_text(start=1.0 + 0.01 * i)) for i in range(4)]
+    assert motex("data", "add", *frames[:2], "--series", "growth", db=record).exit_code == 0
+    before = snapshot(record)
+    result = motex_process("data", "add", frames[2], "--series", "growth", "--time", "1", db=record)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [
+        "error: series 'growth' already has a frame at t = 1 s (f2.gr); give it another time."
+    ]
+    clash = write(tmp_path / "clash.csv", "file,time\nf2.gr,5\nf3.gr,5\n")
+    result = motex_process("data", "add", *frames[2:], "--series", "growth", "--times", clash, db=record)
+    assert result.exit_code == 2 and "f2.gr and f3.gr are both given t = 5 s" in result.stderr
+    assert "Traceback" not in result.output
+    assert snapshot(record) == before
+
+
 @requires_shared
 def test_danmax_data(motex, record):
     result = motex("data", "add", KEGGIN / "DanMAX_AlphaKeggin.gr", "--name", "danmax", db=record)
