@@ -502,3 +502,69 @@ class MiningCandidate(SQLModel, table=True):
     # the quick refinement: {"scale", "lattice", "uiso", "diameter"} and its Rwp (None when not refined)
     params: Optional[dict] = _json_column(nullable=True)
     rwp: Optional[float] = None
+    # the relative isotropic lattice stretch at which the structure's PDF correlates best with the data
+    # (pcc's lattice-aware scan; None for rankings made before it)
+    stretch: Optional[float] = None
+
+
+# --------------------------------------------------------------------------
+# Atom environments: k-nearest-neighbour distance vectors and the k-NN atom-type check.
+
+
+class AtomEnvironment(SQLModel, table=True):
+    """One atom of a starting model: its k-NN distance vector, its neighbours' species and its class."""
+
+    model_config = {"arbitrary_types_allowed": True}
+
+    __tablename__ = "atom_environment"
+    __table_args__ = (sa.UniqueConstraint("starting_model_id", "atom_number", name="uq_atom_environment"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    starting_model_id: int = _foreign_key("starting_model.id")
+    # 1-based among all atoms, file order
+    atom_number: int
+    # 1-based among the permutable atoms (atom_contribution.atom_index), None for the others
+    permutable_index: Optional[int] = None
+    element: str
+    k: int
+    # Å: vectors within it are one class
+    tolerance: float
+    # the k distances (Å), increasing
+    distances: np.ndarray = _array_column()
+    # the k neighbours' element symbols, in the order of the distances
+    neighbours: list = _json_column()
+    # 1-based per starting model, numbered in order of first appearance
+    environment_class: int
+
+
+class AtomTypeCheck(SQLModel, table=True):
+    """An XGBoost classifier of element from k-NN distances, and its verdict on one starting model's atoms."""
+
+    model_config = {"arbitrary_types_allowed": True}
+
+    __tablename__ = "atom_type_check"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    starting_model_id: int = _foreign_key("starting_model.id")
+    library_id: Optional[int] = Field(
+        default=None,
+        sa_column=sa.Column(sa.Integer, sa.ForeignKey("library.id", ondelete="CASCADE"), nullable=True),
+    )
+    # 'library' (trained on a structure library's crystals) or 'record' (on the record's starting models)
+    source: str
+    k: int
+    seed: int
+    # the training structures, the checked structure, k, seed and method: the same again reuses this row
+    inputs_hash: str = Field(sa_column=sa.Column(sa.String(64), nullable=False, unique=True))
+    # the classifier's element classes, in output order
+    classes: list = _json_column()
+    # per atom in file order: the predicted element, its probability and the labelled element's probability
+    predicted: list = _json_column()
+    probability: np.ndarray = _array_column()
+    label_probability: np.ndarray = _array_column()
+    # held-out accuracy, per-element confusion matrix, accuracy for k = 1..10, sizes
+    metrics: dict = _json_column()
+    model: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    mlflow_run_id: Optional[str] = None
+    seconds: float
+    created_at: datetime = _created_at()

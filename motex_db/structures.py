@@ -24,8 +24,11 @@ from sqlmodel import Session, select
 
 from motex_db.catalogue import membership_matrix, unbonded_atoms
 from motex_db.db import get_named, transaction
+from motex_db.environments import atom_environments, default_k, environment_rows
 from motex_db.errors import InputError
-from motex_db.models import AtomContribution, FitResult, Motif, StartingModel, TrainedModel
+from motex_db.models import (
+    AtomContribution, AtomEnvironment, AtomTypeCheck, FitResult, Motif, StartingModel, TrainedModel,
+)
 
 DEFAULT_BOND_CUTOFF = 2.6
 
@@ -259,6 +262,10 @@ def _store_starting_model(
         )
         session.add(model)
         session.flush()
+        if model.n_atoms > 1:
+            session.add_all(environment_rows(
+                model, atom_environments(structure.elements, structure.positions, default_k(model.n_atoms))
+            ))
         return model, True
 
 
@@ -307,4 +314,6 @@ def remove_starting_model(engine: Engine, name: str) -> None:
         session.execute(delete(TrainedModel).where(TrainedModel.starting_model_id == model.id))
         session.execute(delete(FitResult).where(FitResult.motif_id.in_(motif_ids)))
         session.execute(delete(Motif).where(Motif.starting_model_id == model.id))
+        session.execute(delete(AtomEnvironment).where(AtomEnvironment.starting_model_id == model.id))
+        session.execute(delete(AtomTypeCheck).where(AtomTypeCheck.starting_model_id == model.id))
         session.delete(model)

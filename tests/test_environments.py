@@ -1,0 +1,155 @@
+"""Atom environments (k-NN distance vectors and classes) and the k-NN atom-type check."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from support import KEGGIN, query, requires_shared, snapshot
+
+from motex_db.environments import atom_environments, inner_atoms, knn_distances, periodic_knn_distances
+
+
+def _keggin():
+    import ase.io
+
+    atoms = ase.io.read(KEGGIN / "109725.xyz")
+    return atoms.get_chemical_symbols(), atoms.get_positions()
+
+
+@requires_shared
+def test_keggin_images_share_a_class_and_a_displaced_atom_leaves_it():
+    elements, positions = _keggin()
+    w = np.flatnonzero(np.asarray(elements) == "W")
+    classes = atom_environments(elements, positions).classes[w]
+    # tetrahedral symmetry: 24 W in 6 classes of 4; the Keggin unit's 12 W (the odd ones) fill three of them
+    assert sorted(np.unique(classes, return_counts=True)[1].tolist()) == [4] * 6
+    odd, even = classes[0::2], classes[1::2]
+    assert len(set(odd.tolist())) == 3 and not set(odd.tolist()) & set(even.tolist())
+
+    moved = positions.copy()
+    moved[w[0]] += [0.05, 0.0, 0.0]
+    after = atom_environments(elements, moved).classes[w]
+    assert np.sum(after == after[0]) == 1  # W1 is alone now
+    mates = np.flatnonzero(classes == classes[0])[1:]
+    assert len(set(after[mates].tolist())) == 1  # its three images still agree with each other
+
+
+def test_c60_atoms_are_one_environment_and_the_vectors_are_the_obvious_ones():
+    from motex_db.examples import c60_positions
+
+    positions = c60_positions()
+    environments = atom_environments(["C"] * 60, positions, k=3)
+    assert environments.classes.tolist() == [1] * 60
+    # a brute-force k-NN: every pair distance, sorted
+    pairs = np.linalg.norm(positions[:, None] - positions[None], axis=-1)
+    brute = np.sort(pairs, axis=1)[:, 1:4]
+    assert np.allclose(environments.distances, brute)
+    assert np.allclose(sorted(environments.distances[0]), [1.40, 1.45, 1.45], atol=1e-9)
+
+
+def test_periodic_knn_distances_of_rocksalt_and_inner_atoms():
+    a = 4.2
+    frac = np.array([[0, 0, 0], [0, .5, .5], [.5, 0, .5], [.5, .5, 0],
+                     [.5, .5, .5], [.5, 0, 0], [0, .5, 0], [0, 0, .5]])
+    d = periodic_knn_distances(np.eye(3) * a, frac, 18)
+    assert np.allclose(d[:, :6], a / 2) and np.allclose(d[:, 6:18], a / np.sqrt(2))
+
+    line = np.array([[0.0, 0, 0], [1, 0, 0], [2, 0, 0], [3, 0, 0], [4, 0, 0]])
+    inner = inner_atoms(line, knn_distances(line, 2)[0])
+    assert inner.tolist() == [False, True, True, True, False]
+
+
+@pytest.fixture
+def c60_file(tmp_path):
+    from motex_db.examples import c60_positions
+
+    path = tmp_path / "c60.xyz"
+    lines = [f"C {x:.6f} {y:.6f} {z:.6f}" for x, y, z in c60_positions()]
+    path.write_text(f"60\nC60\n" + "\n".join(lines) + "\n")
+    return path
+
+
+def test_structure_add_stores_environments_and_show_lists_the_classes(motex_process, db_url, c60_file):
+    assert motex_process("structure", "add", c60_file, "--name", "ball", "--permute", "C", db=db_url).exit_code == 0
+    rows = query(db_url, "SELECT atom_number, permutable_index, k, environment_class FROM atom_environment ORDER BY atom_number")
+    assert [r[0] for r in rows] == list(range(1, 61)) and {r[1:] for r in rows[:1]} == {(1, 12, 1)}
+    assert {r[3] for r in rows} == {1}
+
+    shown = motex_process("structure", "show", "ball", db=db_url)
+    assert shown.exit_code == 0, shown.stderr
+    assert "60 permutable atoms in 1 environment classes (k = 12" in shown.stdout
+    assert "1.400C 1.450C 1.450C" in shown.stdout
+
+    before = snapshot(db_url)
+    for args, words in [
+        (("structure", "show", "ball", "--k", "0"), "--k must be a positive whole number"),
+        (("structure", "show", "ball", "--k", "60"), "has 60 atoms, so an atom has at most 59 neighbours"),
+        (("structure", "show", "ball", "--tolerance", "-1"), "--tolerance must not be negative"),
+        (("structure", "show", "nothing"), "no structure named 'nothing'"),
+        (("structure", "check", "ball", "--k", "0"), "--k must be a positive whole number"),
+        (("structure", "check", "ball"), "holds only C atoms"),
+        (("structure", "check", "ball", "--threshold", "2"), "--threshold must lie between 0 and 1"),
+    ]:
+        result = motex_process(*args, db=db_url)
+        assert result.exit_code == 2, (args, result.stderr)
+        assert words in result.stderr and "Traceback" not in result.stderr
+    assert snapshot(db_url) == before
+
+
+@requires_shared
+def test_check_flags_an_oxygen_written_as_tungsten_in_109725(motex_process, tmp_path):
+    db = f"sqlite:///{tmp_path / 'motex.db'}"
+    lines = (KEGGIN / "109725.xyz").read_text().splitlines()
+    oxygen = [i for i, line in enumerate(lines[2:], start=2) if line.split()[0] == "O"]
+    wrong = oxygen[9]
+    lines[wrong] = "W" + lines[wrong][1:]
+    (tmp_path / "edited.xyz").write_text("\n".join(lines) + "\n")
+    assert motex_process("structure", "add", KEGGIN / "109725.xyz", "--name", "keggin", "--permute", "W", db=db).exit_code == 0
+    assert motex_process("structure", "add", tmp_path / "edited.xyz", "--name", "edited", "--permute", "W", db=db).exit_code == 0
+
+    result = motex_process("structure", "check", "edited", "--csv", db=db)
+    assert result.exit_code == 0, result.stderr
+    header, *rows = result.stdout.strip().splitlines()
+    assert header == "atom_index,element,predicted,probability"
+    assert [row.split(",")[:3] for row in rows] == [[str(wrong - 1), "W", "O"]]
+    assert float(rows[0].split(",")[3]) > 0.5
+
+    again = motex_process("structure", "check", "edited", db=db)
+    assert again.exit_code == 0 and "(stored check reused)" in again.stdout
+    assert "held-out confusion matrix" in again.stdout and "held-out accuracy" in again.stdout
+    assert query(db, "SELECT COUNT(*), MIN(source) FROM atom_type_check") == [(1, "record")]
+    # the unedited model has nothing to flag
+    clean = motex_process("structure", "check", "keggin", "--csv", db=db)
+    assert clean.exit_code == 0 and clean.stdout.strip() == "atom_index,element,predicted,probability"
+
+
+def test_check_against_a_library_flags_a_mislabelled_atom_of_a_generated_crystal(motex, tmp_path):
+    import ase
+    import ase.io
+
+    from motex_db.crystal_examples import example_crystals, write_example_cifs
+
+    db = f"sqlite:///{tmp_path / 'motex.db'}"
+    crystals = [(n, a) for n, a in example_crystals() if n.split("_")[0] in ("fluorite", "rutile", "perovskite")]
+    write_example_cifs(tmp_path / "cifs", crystals)
+    assert motex("library", "add", tmp_path / "cifs", "--name", "oxides", db=db).exit_code == 0
+
+    crystal = dict(crystals)["fluorite_CeO2"].repeat((4, 4, 4))
+    centre = crystal.get_cell().sum(axis=0) / 2
+    offset = np.linalg.norm(crystal.get_positions() - centre, axis=1)
+    keep = offset < 8.0
+    symbols = np.array(crystal.get_chemical_symbols())[keep]
+    oxygen = np.flatnonzero(symbols == "O")
+    wrong = oxygen[np.argmin(offset[keep][oxygen])]
+    symbols[wrong] = "Ce"
+    ase.io.write(tmp_path / "ceo2.xyz", ase.Atoms(symbols=list(symbols), positions=crystal.get_positions()[keep]))
+    assert motex("structure", "add", tmp_path / "ceo2.xyz", "--name", "ceo2", "--permute", "Ce", db=db).exit_code == 0
+
+    result = motex("structure", "check", "ceo2", "--library", "oxides", "--csv", db=db)
+    assert result.exit_code == 0, result.stderr
+    rows = [row.split(",") for row in result.stdout.strip().splitlines()[1:]]
+    assert [row[:3] for row in rows] == [[str(wrong + 1), "Ce", "O"]]
+    shown = motex("structure", "check", "ceo2", "--library", "oxides", db=db)
+    assert "not judged" in shown.stdout and "10 of 18 structures held out" not in shown.stdout
+    assert "structures held out" in shown.stdout
