@@ -309,4 +309,4 @@ def _run() -> None:
 
 
 # The step commands register themselves on `app`.
-from motex_db.cli import environments, mining, report, series, steps  # noqa: E402,F401
+from motex_db.cli import environments, mining, polish, report, series, steps  # noqa: E402,F401

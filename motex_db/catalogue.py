@@ -53,6 +53,9 @@ _SIZE_BATCH_MAX = 1_000_000
 # Cookie-cutter draws per batch times N stays below this (memory of distances).
 _SPHERE_BATCH_CELLS = 4_000_000
 _ZERO = ord("0")
+#: ``motif.sampler`` of the motifs a polish (step 5) evaluated, followed by " run ID": answers
+#: being searched for, not samples, so training leaves them out.
+POLISH_SAMPLER = "polish"
 
 
 # --------------------------------------------------------------------------
