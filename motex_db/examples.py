@@ -44,6 +44,9 @@ __all__ = [
     "TwoMotifSeries",
     "two_motif_series",
     "write_two_motif_series",
+    "KEGGIN_UNIT_DISTANCE",
+    "keggin_copies",
+    "keggin_units",
 ]
 
 C60_ATOM_COUNT = 60
@@ -332,3 +335,82 @@ def write_two_motif_series(folder: str | Path, series: TwoMotifSeries) -> tuple[
         writer.writerow(["file", "time"])
         writer.writerows((path.name, t) for path, t in zip(frames, series.times))
     return model, frames, times
+
+
+# ---------------------------------------------------------------- Keggin-bearing models with known answers
+
+#: W-W distances within one Keggin unit are shorter than this (Å): 3.37-3.68 Å
+#: in 109725.xyz, and the next W of another unit is farther.
+KEGGIN_UNIT_DISTANCE = 3.9
+# Closest approach (Å) of two atoms of different copies, or of an extra W to any atom.
+_COPY_CLEARANCE = 2.5
+_COPY_DIRECTION = np.array([1.0, 0.3, 0.2]) / np.linalg.norm([1.0, 0.3, 0.2])
+_COPY_STEP = 0.25
+
+
+def keggin_copies(
+    elements: list[str], positions: np.ndarray, n_copies: int, n_extra: int = 0, seed: int = 0, metal: str = "W"
+) -> tuple[list[str], np.ndarray]:
+    """A larger Keggin-bearing starting model: ``n_copies`` copies of a model plus ``n_extra`` lone metal atoms.
+
+    Each copy is the model shifted along a fixed direction by the smallest
+    multiple of 0.25 Å that keeps every atom 2.5 Å from the earlier copies and
+    every metal atom :data:`KEGGIN_UNIT_DISTANCE` from their metal atoms, so
+    copies never merge into one unit. The extra metal atoms are placed at
+    seeded random points of the bounding box, 2.5 Å from every atom and
+    :data:`KEGGIN_UNIT_DISTANCE` from every metal atom. File order: the copies
+    in turn, then the extra atoms. Positions in Å.
+    """
+    from scipy.spatial.distance import cdist
+
+    elements = [str(e) for e in elements]
+    positions = np.asarray(positions, dtype=float)
+    if n_copies < 1 or n_extra < 0:
+        raise InputError(f"need at least one copy and no negative extra atoms, not {n_copies} and {n_extra}.")
+    is_metal = np.array([e == metal for e in elements])
+    all_positions, all_metal = [positions], [is_metal]
+    for _ in range(1, n_copies):
+        placed, placed_metal = np.concatenate(all_positions), np.concatenate(all_metal)
+        shift = 0.0
+        while True:
+            moved = positions + _COPY_DIRECTION * shift
+            distances = cdist(moved, placed)
+            if distances.min() >= _COPY_CLEARANCE and distances[np.ix_(is_metal, placed_metal)].min() >= KEGGIN_UNIT_DISTANCE:
+                break
+            shift += _COPY_STEP
+        all_positions.append(moved)
+        all_metal.append(is_metal)
+    out_positions = np.concatenate(all_positions)
+    out_elements = elements * n_copies
+    rng = np.random.default_rng(seed)
+    low, high = out_positions.min(axis=0), out_positions.max(axis=0)
+    metal_positions = out_positions[np.concatenate(all_metal)]
+    extra: list[np.ndarray] = []
+    tries = 0
+    while len(extra) < n_extra:
+        tries += 1
+        if tries > _MAX_TRIES_PER_ATOM * max(n_extra, 1):
+            raise InputError(f"could not place {n_extra} extra {metal} atoms with the required clearances.")
+        point = low + (high - low) * rng.random(3)
+        others = np.concatenate([metal_positions, np.array(extra).reshape(-1, 3)])
+        if (np.linalg.norm(out_positions - point, axis=1).min() >= _COPY_CLEARANCE
+                and np.linalg.norm(others - point, axis=1).min() >= KEGGIN_UNIT_DISTANCE):
+            extra.append(point)
+    if extra:
+        out_positions = np.concatenate([out_positions, np.array(extra)])
+        out_elements = out_elements + [metal] * n_extra
+    return out_elements, out_positions
+
+
+def keggin_units(elements: list[str], positions: np.ndarray, metal: str = "W") -> list[np.ndarray]:
+    """The complete Keggin units of a model, known by geometry: groups of 12 metal atoms linked by
+    distances under :data:`KEGGIN_UNIT_DISTANCE`. Each unit as 1-based indices among the metal atoms."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial.distance import cdist
+
+    metal_positions = np.asarray(positions, dtype=float)[[str(e) == metal for e in elements]]
+    distances = cdist(metal_positions, metal_positions)
+    _, labels = connected_components(csr_matrix((distances < KEGGIN_UNIT_DISTANCE) & (distances > 0)))
+    groups = [np.flatnonzero(labels == label) + 1 for label in np.unique(labels)]
+    return [g for g in groups if len(g) == 12]
