@@ -264,6 +264,7 @@ def explain(
     import tempfile
 
     from motex_db.explain import explain_model, log_explanation
+    from motex_db.interop import export_mlmotex_files
     from motex_db.reports.explanation import write_explanation_files
 
     _data_or_series(data, series)
@@ -274,6 +275,7 @@ def explain(
     outcome = explain_model(engine, structure, data, model, min_confidence)
     with tempfile.TemporaryDirectory() as scratch:
         files = write_explanation_files(outcome, out or Path(scratch))
+        files.update(export_mlmotex_files(engine, outcome.trained_model_id, out or Path(scratch)))
         log_explanation(engine.url.render_as_string(hide_password=False), outcome, files, mlflow_uri)
     output.print_explain_outcome(outcome, files if out else None)
 
@@ -313,5 +315,8 @@ def import_fits(
         f"imported {outcome.imported} scores for '{outcome.structure}' as dataset '{outcome.source}' "
         f"(fit config {outcome.fit_config_id}); {outcome.new_motifs} motifs were new to the catalogue"
         + (f", {outcome.already} scores were already imported" if outcome.already else "")
+        + (f"; {outcome.merged + outcome.repeated_motifs} rows repeating {outcome.repeated_motifs} masks were "
+           f"averaged into one score each ({outcome.merged} merged)" if outcome.merged else "")
+        + (f"; {outcome.skipped_empty} rows with no atom kept were skipped" if outcome.skipped_empty else "")
         + f". Next: motex-db train --structure {outcome.structure} --data {outcome.source}"
     )

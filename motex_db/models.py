@@ -234,6 +234,8 @@ class FitResult(SQLModel, table=True):
     params: Optional[dict] = _json_column(nullable=True)
     error: Optional[str] = None
     seconds: float = 0.0
+    # scores of this motif averaged into the result by import-fits (ML-MotEx's files repeat masks); 1 otherwise
+    n_averaged: int = Field(default=1, sa_column=sa.Column(sa.Integer, nullable=False, server_default="1"))
     created_at: datetime = _created_at()
 
 

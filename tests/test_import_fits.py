@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from support import snapshot
+from support import query, snapshot
 
 # eight W on a line, far apart: every mask is its own motif
 LINE = "8\n\n" + "".join(f"W {4 * i} 0 0\n" for i in range(8))
@@ -82,3 +82,71 @@ def test_bad_score_files_are_refused_unchanged(motex, line_record, tmp_path, nam
     assert result.exit_code == 2, result.output
     assert words in result.stderr
     assert snapshot(line_record) == before
+
+
+def write_mlmotex_training_data(path, masks, score, ids=None):
+    """As ML-MotEx's step 2 writes it: np.savetxt of ID, Rwp, n kept, one 0/1 column per atom."""
+    ids = np.arange(len(masks)) if ids is None else ids
+    np.savetxt(path, np.column_stack([ids, score, masks.sum(1), masks]))
+
+
+def test_mlmotex_output_with_repeated_and_empty_masks_is_averaged(motex, line_record, tmp_path):
+    masks, score = synthetic_scores(2)
+    # ML-MotEx's sampler repeats masks and may keep no atom: 40 repeats of 20 masks, one empty row
+    rng = np.random.default_rng(3)
+    again = rng.choice(20, 40)
+    all_masks = np.vstack([masks, masks[again], np.zeros((1, 8), int)])
+    all_scores = np.concatenate([score, score[again] + rng.normal(0, 0.01, 40), [0.9]])
+    path = tmp_path / "structure_line.txt"
+    write_mlmotex_training_data(path, all_masks, all_scores)
+    result = motex("import-fits", path, "--structure", "line", "--source", "mlmotex", db=line_record)
+    assert result.exit_code == 0, result.output
+    repeated = len(set(again))
+    assert "imported 255 scores" in result.stdout
+    assert f"{40 + repeated} rows repeating {repeated} masks were averaged into one score each (40 merged)" in result.stdout
+    assert "1 rows with no atom kept were skipped" in result.stdout
+    engine = sa.create_engine(line_record)
+    with engine.connect() as connection:
+        stored = dict(connection.exec_driver_sql(
+            "SELECT m.mask, f.rwp FROM fit_result f JOIN motif m ON m.id = f.motif_id").fetchall())
+        counts = dict(connection.exec_driver_sql(
+            "SELECT m.mask, f.n_averaged FROM fit_result f JOIN motif m ON m.id = f.motif_id").fetchall())
+    engine.dispose()
+    for k in range(20):
+        text = "".join(map(str, masks[k]))
+        rows = np.flatnonzero((all_masks == masks[k]).all(axis=1))
+        assert counts[text] == len(rows)
+        assert stored[text] == pytest.approx(all_scores[rows].mean(), abs=1e-12)
+    assert sum(counts.values()) == len(all_masks) - 1
+
+
+def test_explain_writes_mlmotex_files_that_import_back_to_identical_contributions(motex, line_record, tmp_path):
+    masks, score = synthetic_scores(4)
+    path = tmp_path / "first.txt"
+    write_mlmotex_training_data(path, masks, score)
+    assert motex("import-fits", path, "--structure", "line", "--source", "first", db=line_record).exit_code == 0
+    assert motex("train", "--structure", "line", "--data", "first", "--n-iter", "2", "--cv", "2", db=line_record).exit_code == 0
+    out = tmp_path / "explained"
+    result = motex("explain", "--structure", "line", "--data", "first", "--out", out, db=line_record)
+    assert result.exit_code == 0, result.output
+    exported = out / "structure_line.txt"
+    assert f"mlmotex_training_data: {exported}" in result.stdout
+
+    def contributions(dataset):
+        return np.array(query(line_record, (
+            "SELECT c.contribution FROM atom_contribution c JOIN trained_model t ON t.id = c.trained_model_id "
+            f"JOIN dataset d ON d.id = t.dataset_id WHERE d.name = '{dataset}' ORDER BY c.atom_index")))[:, 0]
+
+    first = contributions("first")
+    # ML-MotEx's step 4 file: one value per permutable atom, 0.5 * (mean keep - mean remove)
+    values = np.loadtxt(out / "AtomContributionValues.txt")
+    assert values.shape == (8,) and np.array_equal(values, 0.5 * first)
+    # ML-MotEx's step 3 reads the training data with np.loadtxt: ID, Rwp, n kept, atoms
+    table = np.loadtxt(exported, delimiter=" ")
+    assert table.shape == (255, 11) and np.array_equal(table[:, 2], table[:, 3:].sum(1))
+    # the export imported as a new source, trained and explained alike, gives the same contributions
+    assert motex("import-fits", exported, "--structure", "line", "--source", "again", db=line_record).exit_code == 0
+    assert motex("train", "--structure", "line", "--data", "again", "--n-iter", "2", "--cv", "2", db=line_record).exit_code == 0
+    assert motex("explain", "--structure", "line", "--data", "again", db=line_record).exit_code == 0
+    assert np.array_equal(contributions("again"), first)
+    assert (first < 0).sum() > 0 and (first > 0).sum() > 0

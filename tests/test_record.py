@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 
@@ -158,7 +159,16 @@ def test_python_api_gives_dataframes(tmp_path):
     assert list(structures["name"]) == ["pair"]
     assert record.motifs("pair").empty
     assert record.sql("SELECT COUNT(*) AS n FROM starting_model")["n"][0] == 1
-    assert "pair" in set(record.status()["structure"]) or record.status().empty
+    assert record.status().empty  # one row per structure and dataset, and no dataset yet
+    from motex_db.datasets import add_datasets
+
+    gr = tmp_path / "frame.gr"
+    gr.write_text("".join(f"{1 + 0.1 * i:.2f} {np.sin(1 + 0.1 * i):.6f}\n" for i in range(40)))
+    add_datasets(record.engine, [gr])
+    status = record.status()
+    assert status[["structure", "dataset", "motifs", "fits_ok", "fits_failed", "trained_models"]].values.tolist() == [
+        ["pair", "frame", 0, 0, 0, 0]
+    ]
 
 
 def test_a_regular_install_carries_and_runs_its_migrations(tmp_path):

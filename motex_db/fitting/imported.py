@@ -8,13 +8,18 @@ describes the file, and then trained on and explained like our own fits.
 
 Formats:
 
-- ML-MotEx's text output: whitespace-separated columns ID, Rwp, number of kept
-  atoms, then one 0/1 column per permutable atom (a header line is skipped);
+- ML-MotEx's text output (``np.savetxt`` of step 2, numbers as ``%.18e``):
+  whitespace-separated columns ID, Rwp, number of kept atoms, then one 0/1
+  column per permutable atom (a header line is skipped). Its sampler draws
+  masks without removing repeats, and may draw one with no atom kept: repeated
+  masks are averaged (``fit_result.n_averaged`` keeps how many), empty ones
+  skipped, and both counted in the outcome;
 - CSV with a header: a ``mask`` column of '0'/'1' strings, or one 0/1 column
   per permutable atom, and a score column (``score``, ``rwp`` or the name given).
 
 Lower scores are better unless ``higher_is_better``; then the negated score is
 stored as ``rwp`` so that a negative contribution still means "belongs to the motif".
+A mask repeated in a CSV file is averaged the same way.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -47,14 +53,47 @@ class ImportedScores:
     scores: np.ndarray  # (n,) as in the file
     format: str
     score_column: str
+    skipped_empty: int = 0  # ML-MotEx rows with no atom kept, left out
+
+
+@dataclass(frozen=True)
+class MergedScores:
+    """One row per distinct mask: the mean of its scores and how many were averaged."""
+
+    texts: list[str]
+    scores: np.ndarray
+    counts: np.ndarray
+
+    @property
+    def merged(self) -> int:
+        """Rows that were folded into another row of the same mask."""
+        return int(self.counts.sum()) - len(self.texts)
+
+    @property
+    def repeated_motifs(self) -> int:
+        return int(np.count_nonzero(self.counts > 1))
+
+
+def merge_repeats(masks: np.ndarray, scores: np.ndarray) -> MergedScores:
+    """Average the scores of repeated masks, in order of first appearance."""
+    texts = masks_to_text(masks)
+    first: dict[str, int] = {}
+    index = np.array([first.setdefault(t, len(first)) for t in texts], dtype=np.int64)
+    counts = np.bincount(index, minlength=len(first))
+    means = np.bincount(index, weights=np.asarray(scores, dtype=float), minlength=len(first)) / counts
+    return MergedScores(list(first), means, counts)
 
 
 def _binary_row(values: list[str], where: str, n_permutable: int) -> np.ndarray:
     if len(values) != n_permutable:
         raise InputError(f"{where}: {len(values)} atom columns, but the structure has {n_permutable} permutable atoms.")
-    if any(v not in ("0", "1", "0.0", "1.0") for v in values):
+    try:
+        numbers = [float(v) for v in values]
+    except ValueError:
+        numbers = [math.nan]
+    if any(x not in (0.0, 1.0) for x in numbers):
         raise InputError(f"{where}: the atom columns must be 0 or 1.")
-    return np.array([v.startswith("1") for v in values])
+    return np.array(numbers) == 1.0
 
 
 def _score(text: str, where: str) -> float:
@@ -69,23 +108,28 @@ def _score(text: str, where: str) -> float:
 
 def _read_mlmotex(path: Path, text: str, n_permutable: int) -> ImportedScores:
     masks, scores = [], []
+    skipped = 0
     for number, line in enumerate(text.splitlines(), start=1):
         fields = line.replace(",", " ").split()
         if not fields or fields[0].startswith("#"):
             continue
         where = f"{path}, line {number}"
-        if not masks and not scores:
+        if not masks and not scores and not skipped:
             try:
                 float(fields[1])
             except (ValueError, IndexError):
                 continue  # a header line
         if len(fields) < 4:
             raise InputError(f"{where}: expected ID, Rwp, number of atoms and one 0/1 column per atom.")
+        mask = _binary_row(fields[3:], where, n_permutable)
+        if not mask.any():
+            skipped += 1  # ML-MotEx's sampler may keep no atom; there is nothing to learn from
+            continue
         scores.append(_score(fields[1], where))
-        masks.append(_binary_row(fields[3:], where, n_permutable))
+        masks.append(mask)
     if not masks:
         raise InputError(f"{path} holds no fit rows.")
-    return ImportedScores(np.array(masks), np.array(scores), "mlmotex", "Rwp")
+    return ImportedScores(np.array(masks), np.array(scores), "mlmotex", "Rwp", skipped)
 
 
 def _read_csv(path: Path, text: str, n_permutable: int, score_column: Optional[str]) -> ImportedScores:
@@ -132,6 +176,9 @@ class ImportOutcome:
     imported: int
     new_motifs: int
     already: int
+    merged: int = 0  # file rows averaged into another row of the same mask
+    repeated_motifs: int = 0  # motifs whose score is such an average
+    skipped_empty: int = 0  # rows with no atom kept, left out
 
 
 def import_fits(
@@ -145,9 +192,8 @@ def import_fits(
     scores = read_scores(path, model.n_permutable, score_column)
     if not scores.masks.any(axis=1).all():
         raise InputError(f"{path} holds an empty motif (no atom kept).")
-    texts = masks_to_text(scores.masks)
-    if len(set(texts)) != len(texts):
-        raise InputError(f"{path} scores the same motif twice.")
+    merged = merge_repeats(scores.masks, scores.scores)
+    texts = merged.texts
     file_hash = hashlib.sha256(path.read_bytes()).hexdigest()
     settings = {"source_file": path.name, "format": scores.format, "score_column": scores.score_column,
                 "higher_is_better": higher_is_better, "stored_as": "-score" if higher_is_better else "score"}
@@ -175,11 +221,11 @@ def import_fits(
         new = _insert_motifs(session, model, [t for t in texts if t not in stored], f"import {source}")
         ids = dict(session.exec(select(Motif.mask, Motif.id).where(Motif.starting_model_id == model.id).where(Motif.mask.in_(texts))).all())
         now = utcnow()
-        values = -scores.scores if higher_is_better else scores.scores
+        values = -merged.scores if higher_is_better else merged.scores
         rows = [
             {"motif_id": ids[t], "dataset_id": dataset.id, "fit_config_id": config.id, "status": "ok", "rwp": float(v),
-             "params": {"score": float(raw)}, "error": None, "seconds": 0.0, "created_at": now}
-            for t, v, raw in zip(texts, values, scores.scores)
+             "params": {"score": float(raw)}, "error": None, "seconds": 0.0, "n_averaged": int(n), "created_at": now}
+            for t, v, raw, n in zip(texts, values, merged.scores, merged.counts)
         ]
         before = session.exec(select(FitResult.id).where(FitResult.fit_config_id == config.id)).all()
         session.execute(
@@ -187,4 +233,7 @@ def import_fits(
             rows,
         )
         imported = len(session.exec(select(FitResult.id).where(FitResult.fit_config_id == config.id)).all()) - len(before)
-        return ImportOutcome(structure, source, config.id, imported, new, len(rows) - imported)
+        return ImportOutcome(
+            structure, source, config.id, imported, new, len(rows) - imported,
+            merged.merged, merged.repeated_motifs, scores.skipped_empty,
+        )
