@@ -11,13 +11,26 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from support import CliResult, motex_executable
+from support import CliResult, motex_executable, need
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "MOTEX_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 REQUIRE_POSTGRES = os.environ.get("MOTEX_TEST_REQUIRE_POSTGRES") == "1"
 
+
+REQUIREMENT_MARKERS = ("requires_shared", "requires_chromium")
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "requires_shared: needs ../shared (skips where absent; fails under CI)")
+    config.addinivalue_line("markers", "requires_chromium: needs headless Chromium (skips where absent; fails under CI)")
+
+
+def pytest_runtest_setup(item) -> None:
+    for marker in REQUIREMENT_MARKERS:
+        if item.get_closest_marker(marker) is not None:
+            need(marker)
 
 
 def _postgres_unavailable_reason() -> str | None:

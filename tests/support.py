@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import sys
 from contextlib import redirect_stderr, redirect_stdout
@@ -16,9 +17,44 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 KEGGIN = SHARED / "data" / "keggin"
 REFERENCE = SHARED / "reference"
 
-requires_shared = pytest.mark.skipif(
-    not KEGGIN.is_dir(), reason=f"shared data not found at {SHARED} (checked out without ../shared)"
-)
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+
+# Tests that need ../shared or headless Chromium carry these markers. Where the
+# thing is missing they skip, with the reason; under CI (CI=true, as .ci/run
+# and CI services set it) or with MOTEX_TEST_REQUIRE_SHARED=1 /
+# MOTEX_TEST_REQUIRE_CHROMIUM=1 they fail instead (conftest.py), as the
+# PostgreSQL tests do with MOTEX_TEST_REQUIRE_POSTGRES=1.
+requires_shared = pytest.mark.requires_shared
+requires_chromium = pytest.mark.requires_chromium
+
+
+def _required(name: str) -> bool:
+    return os.environ.get(f"MOTEX_TEST_REQUIRE_{name}") == "1" or os.environ.get("CI", "").lower() == "true"
+
+
+def missing_requirement(marker: str) -> tuple[str, bool] | None:
+    """(why the marker's requirement is missing, whether it must be there), or None when it is there."""
+    if marker == "requires_shared":
+        if KEGGIN.is_dir() and (REFERENCE / "index.json").is_file():
+            return None
+        return f"shared data not found at {SHARED} (checked out without ../shared)", _required("SHARED")
+    if marker == "requires_chromium":
+        if CHROMIUM is not None:
+            return None
+        reason = "headless Chromium is not installed (Debian package 'chromium'; `make test` installs it with apt)"
+        return reason, _required("CHROMIUM")
+    raise ValueError(f"unknown requirement marker {marker}")
+
+
+def need(marker: str) -> None:
+    """Inside a test: skip (or, where required, fail) when the marker's requirement is missing."""
+    missing = missing_requirement(marker)
+    if missing is None:
+        return
+    reason, required = missing
+    if required:
+        pytest.fail(f"{reason}; CI requires it (CI=true or MOTEX_TEST_REQUIRE_*=1)", pytrace=False)
+    pytest.skip(reason)
 
 
 @dataclass

@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 
 from motex_db.pdf import MotifPDFEngine, PDFParameters, cluster_pdf
+from support import KEGGIN, REFERENCE, requires_shared
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-REFERENCE = SHARED / "reference"
-KEGGIN = SHARED / "data" / "keggin"
+pytestmark = requires_shared
 
-pytestmark = pytest.mark.skipif(
-    not (REFERENCE / "index.json").exists(), reason=f"DiffPy reference curves not found at {REFERENCE}"
-)
+# the reference files (named here, so that without ../shared the tests are there to skip or fail)
+CASES = [f"{case}_{kind}.gr" for case in ("au13", "keggin_w12o40", "keggin_w12o40_params", "w_o_motif")
+         for kind in ("real", "debye")]
 
 # The *_debye.gr curves were computed "with all pairs, to a large rmax, and cut
 # back": DebyePDFCalculator with rmax = 60 Å (the value that reproduces all four
@@ -34,9 +33,11 @@ def read_xyz(path: Path) -> tuple[list[str], np.ndarray]:
 
 
 def reference_cases() -> list[str]:
-    if not (REFERENCE / "index.json").exists():
-        return []
-    return sorted(json.loads((REFERENCE / "index.json").read_text()))
+    return sorted(CASES)
+
+
+def test_the_named_cases_are_the_reference_files():
+    assert sorted(json.loads((REFERENCE / "index.json").read_text())) == sorted(CASES)
 
 
 def load_case(name: str):
@@ -110,7 +111,6 @@ def test_engine_reproduces_the_reference_motif(calculator):
     assert relative_error(g, g_diffpy) <= 0.001
 
 
-@pytest.mark.skipif(not (KEGGIN / "109725.xyz").exists(), reason=f"Keggin starting model not found in {KEGGIN}")
 def test_keggin_pairs_fall_into_1263_exact_classes():
     elements, positions = read_xyz(KEGGIN / "109725.xyz")
     membership = np.eye(len(elements), dtype=bool)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import html
 import json
 import re
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from support import CliResult, run_cli
+from support import CHROMIUM, CliResult, need, requires_chromium, run_cli
 
 STRUCTURE = "c60-in-carbon"
 OTHER_STRUCTURE = "c60-fewer-distractors"
@@ -30,11 +29,6 @@ DATASET = "c60-simulated"
 SERIES = "growth"
 FRAME_TIMES = (0.0, 30.0, 60.0)  # s
 
-CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-requires_chromium = pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="headless Chromium is not installed (Debian package 'chromium'; `make test` installs it with apt)",
-)
 # The flags this machine needs; software WebGL (SwiftShader) draws the 3D view
 # with --disable-gpu, and Chromium asks for an explicit opt-in to it.
 CHROMIUM_FLAGS = [
@@ -339,8 +333,7 @@ def test_structure_mining_section_renders_in_headless_chromium(tmp_path):
     assert ids == ["mining-0-fit-1", "mining-0-fit-2", "mining-0-fit-3"]
     assert "Structure mining: np mined in oxides (pcc)" in text and "spinel_CoFe2O4.cif" in text
     assert "--from-candidate" in text
-    if CHROMIUM is None:
-        pytest.skip("headless Chromium is not installed: the HTML was checked, not its rendering")
+    need("requires_chromium")  # the HTML was checked above; its rendering needs the browser
     probed = tmp_path / "probed.html"
     probed.write_text(text.replace("<head>", "<head>\n" + PROBE, 1), encoding="utf-8")
     dumped = chromium(probed, "--dump-dom")
