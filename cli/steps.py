@@ -223,23 +223,33 @@ def train(
     cv: int = typer.Option(3, "--cv", help="Folds of the cross-validation that scores each trial."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, the search and the model."),
     mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help=MLFLOW_HELP),
+    full_search: bool = typer.Option(False, "--full-search", help="Run all --n-iter iterations and take the lowest CV MAE (ML-MotEx's exhaustive search) instead of stopping when the search stops improving."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="With --series: local processes training frames (default: one per core)."),
 ) -> None:
     """Step 3: learn Rwp from atom presence (XGBoost, Bayesian hyper-parameter search), tracked in MLflow."""
     from motex_db.learning import N_INITIAL, train_model, train_series
 
     _data_or_series(data, series)
     engine = engine_of(ctx)
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers must be 1 or more, not {workers}.")
     if series is not None:
+        if full_search:
+            raise InputError("--full-search applies to one dataset's search: leave it out with --series.")
         with output.series_progress("training frames", N_INITIAL + n_iter) as (on_trial, on_frame):
             outcome = train_series(
-                engine, structure, series, reference, fit_config, n_iter, cv, seed, mlflow_uri, on_trial, on_frame
+                engine, structure, series, reference, fit_config, n_iter, cv, seed, mlflow_uri, on_trial, on_frame,
+                workers=workers,
             )
         output.print_series_train_outcome(outcome)
         return
     if reference is not None:
         raise InputError("--reference picks a frame of a series: use it with --series.")
+    if workers is not None:
+        raise InputError("--workers splits the frames of a series: use it with --series.")
     with output.trial_progress(N_INITIAL + n_iter) as on_trial:
-        outcome = train_model(engine, structure, data, fit_config, n_iter, cv, seed, mlflow_uri, on_trial)
+        outcome = train_model(engine, structure, data, fit_config, n_iter, cv, seed, mlflow_uri, on_trial,
+                              full_search=full_search)
     output.print_train_outcome(outcome)
 
 
@@ -258,12 +268,12 @@ def explain(
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the contributions table, coloured structure, SHAP plot and extracted motif."),
     min_confidence: Optional[float] = typer.Option(None, "--min-confidence", help="Extract only atoms at least this confident."),
     mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help=MLFLOW_HELP),
-    shap_motifs: int = typer.Option(500, "--shap-motifs", help="With --series: training motifs explained per frame (a seeded subset; 0: all)."),
+    shap_motifs: Optional[int] = typer.Option(None, "--shap-motifs", help="Training motifs explained (a seeded subset; 0: all). Default 2000, and 500 per frame with --series."),
 ) -> None:
     """Step 4: each atom's contribution to the fit quality (SHAP), and the extracted motif, fitted."""
     import tempfile
 
-    from motex_db.explain import explain_model, log_explanation
+    from motex_db.explain import SHAP_MOTIFS, explain_model, log_explanation
     from motex_db.interop import export_mlmotex_files
     from motex_db.reports.explanation import write_explanation_files
 
@@ -272,7 +282,10 @@ def explain(
     if series is not None:
         _explain_series(engine, structure, series, model, out, min_confidence, mlflow_uri, shap_motifs)
         return
-    outcome = explain_model(engine, structure, data, model, min_confidence)
+    if shap_motifs is not None and shap_motifs < 0:
+        raise InputError(f"--shap-motifs must be 0 (all) or more, not {shap_motifs}.")
+    outcome = explain_model(engine, structure, data, model, min_confidence,
+                            SHAP_MOTIFS if shap_motifs is None else shap_motifs)
     with tempfile.TemporaryDirectory() as scratch:
         files = write_explanation_files(outcome, out or Path(scratch))
         files.update(export_mlmotex_files(engine, outcome.trained_model_id, out or Path(scratch)))
@@ -288,6 +301,10 @@ def _explain_series(engine, structure, series, model, out, min_confidence, mlflo
 
     if model is not None:
         raise InputError("--model picks one trained model: with --series every frame's latest model is explained.")
+    if shap_motifs is None:
+        from motex_db.explain import SERIES_SHAP_MOTIFS
+
+        shap_motifs = SERIES_SHAP_MOTIFS
     if shap_motifs < 0:
         raise InputError(f"--shap-motifs must be 0 (all) or more, not {shap_motifs}.")
     with output.series_progress("explaining frames") as (_, on_frame):

@@ -1,13 +1,12 @@
-"""Step 4 of ML-MotEx: each permutable atom's contribution to the fit quality.
+"""Step 4 in the record: ``motex-db explain`` and ``explain --series``.
 
-SHAP values of the surrogate (step 3) split its predicted Rwp of every motif
-into one additive share per feature. For permutable atom a, comparing its
-share over the motifs that keep it with its share over the motifs that remove
-it says whether keeping it lowers Rwp (a negative contribution: the atom
-belongs to the motif) or raises it (science.md section 5).
-
-The numerics are pure functions on arrays; :func:`explain_model` at the end
-runs step 4 on a trained model of the record and stores the contributions.
+The computation is :mod:`motex_db.contributions` (SHAP values, atom
+contributions, the extracted motif, the convergence check: arrays in, arrays
+out; its names are importable from here too). This module reads a trained
+model and its training set from the record (:func:`motex_db.learning.load_training_set`),
+stores the contributions under a claim (two identical commands: one works,
+the other waits and reuses), adds and fits the extracted motif, and logs to
+the model's MLflow run.
 
 References: Anker et al., npj Comput. Mater. 8, 213 (2022) (ML-MotEx);
 Lundberg et al., Nat. Mach. Intell. 2, 56 (2020) (TreeSHAP).
@@ -15,207 +14,22 @@ Lundberg et al., Nat. Mach. Intell. 2, 56 (2020) (TreeSHAP).
 
 from __future__ import annotations
 
-import copy
-import os
+import time
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
-import shap
 
+from motex_db.contributions import *  # noqa: F401,F403  (step 4's computation, importable from here)
+from motex_db.contributions import (
+    SHAP_MOTIFS,
+    atom_contributions,
+    contribution_convergence,
+    extracted_motif_mask,
+    shap_rows,
+    shap_values,
+)
 from motex_db.errors import InputError
-
-__all__ = [
-    "CONFIDENCE_CAP",
-    "shap_values",
-    "AtomContributions",
-    "atom_contributions",
-    "extracted_motif_mask",
-]
-
-# Confidences are capped here. It matters only when an atom's SHAP values do
-# not vary (or vary by rounding only) within either group yet differ between
-# them: |c| / 0 would be infinite, and the record stores finite floats. The cap
-# reads as "no spread whatsoever", far above any confidence real data give
-# (ML-MotEx's averaged about 1).
-CONFIDENCE_CAP = 1e6
-
-
-def shap_values(model, X: np.ndarray) -> np.ndarray:
-    """TreeSHAP values of a tree model for every row of X: (n, N + 1) floats, Rwp units.
-
-    Uses shap's ``TreeExplainer`` with ``feature_perturbation=
-    "tree_path_dependent"``: exact Shapley values of the trees as trained,
-    with the "missing feature" expectation taken over the training motifs
-    that reached each node (the trees' own cover counts). It needs no
-    background sample, costs O(trees x leaves x depth^2) per motif, and is
-    what ML-MotEx used (shap's default without background data). The
-    interventional alternative would need a background set of motifs and
-    scale with its size. Row sums plus the explainer's expected value equal
-    the model's predictions.
-    """
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2:
-        raise InputError(f"Features must form an (n motifs, N + 1) array, not shape {X.shape}.")
-    n_features = getattr(model, "n_features_in_", None)
-    if n_features is not None and X.shape[1] != n_features:
-        raise InputError(
-            f"The model was trained on {n_features} features (N + 1) but the motifs have {X.shape[1]}."
-        )
-    # shap hands XGBoost models to XGBoost's own TreeSHAP (predict with pred_contribs), which
-    # runs on the booster's thread count: the stored models say 1 (training is deterministic
-    # with any count), so give the explanation every core, on a copy.
-    model = copy.deepcopy(model)
-    model.get_booster().set_param({"nthread": os.cpu_count() or 1})
-    explainer = shap.TreeExplainer(model, feature_perturbation="tree_path_dependent")
-    return np.asarray(explainer.shap_values(X), dtype=np.float64)
-
-
-@dataclass(frozen=True)
-class AtomContributions:
-    """Per permutable atom (arrays of length N, in atom order 1..N).
-
-    ``contribution`` = mean(keep) - mean(remove) of the atom's SHAP values
-    (Rwp units; negative: keeping the atom lowers Rwp). ``uncertainty`` =
-    sqrt((std(keep)^2 + std(remove)^2) / 2), population standard deviations.
-    ``confidence`` = |contribution| / uncertainty, at most
-    :data:`CONFIDENCE_CAP` (which it is when the uncertainty is 0 but the
-    contribution is not). ``overall_confidence`` is the mean confidence over
-    all N atoms.
-
-    An atom kept in every motif, or in none, has nothing to compare
-    (``informative`` False): its contribution, uncertainty and confidence are
-    all 0.0, meaning "no evidence either way". It is never part of the
-    extracted motif, and its 0 confidence lowers the overall confidence, as
-    it should: the answer says nothing about that atom.
-    """
-
-    atom_index: np.ndarray  # 1..N
-    contribution: np.ndarray
-    uncertainty: np.ndarray
-    confidence: np.ndarray
-    mean_keep: np.ndarray  # NaN where no motif keeps the atom
-    mean_remove: np.ndarray  # NaN where no motif removes it
-    n_keep: np.ndarray  # motifs keeping the atom
-    n_remove: np.ndarray  # motifs removing it
-    informative: np.ndarray  # kept in some motifs and removed in others
-    overall_confidence: float
-
-
-def atom_contributions(shap_values: np.ndarray, X: np.ndarray) -> AtomContributions:
-    """ML-MotEx's atom contribution values from SHAP values and the features they explain.
-
-    ``shap_values`` and ``X`` are (n, N + 1): column 0 is n_kept, column a is
-    atom a's 0/1 presence (see :func:`motex_db.learning.features`). For atom
-    a, keep = SHAP_a over the motifs keeping a, remove = SHAP_a over those
-    removing it; see :class:`AtomContributions` for the formulas and for
-    atoms that are always or never kept. (ML-MotEx's code multiplies both
-    means by 0.5, which only rescales; we do not.)
-    """
-    shap_values = np.asarray(shap_values, dtype=np.float64)
-    X = np.asarray(X, dtype=np.float64)
-    if shap_values.ndim != 2 or shap_values.shape != X.shape or X.shape[1] < 2:
-        raise InputError(
-            f"SHAP values and features must both be (n motifs, N + 1) with N >= 1, "
-            f"not {shap_values.shape} and {X.shape}."
-        )
-    presence = X[:, 1:]
-    if not np.all((presence == 0) | (presence == 1)):
-        raise InputError("Atom columns of the features must hold only 0/1 (removed/kept) values.")
-    if not np.all(np.isfinite(shap_values)):
-        raise InputError("SHAP values must all be finite.")
-    kept = presence == 1
-    values = shap_values[:, 1:]
-    n_keep = kept.sum(axis=0)
-    n_remove = len(X) - n_keep
-    mean_keep, std_keep = _group_stats(values, kept, n_keep)
-    mean_remove, std_remove = _group_stats(values, ~kept, n_remove)
-    informative = (n_keep > 0) & (n_remove > 0)
-
-    contribution = np.where(informative, mean_keep - mean_remove, 0.0)
-    uncertainty = np.where(informative, np.sqrt((std_keep**2 + std_remove**2) / 2.0), 0.0)
-    magnitude = np.abs(contribution)
-    positive = uncertainty > 0
-    confidence = np.where(
-        positive,
-        magnitude / np.where(positive, uncertainty, 1.0),
-        np.where(magnitude > 0, CONFIDENCE_CAP, 0.0),
-    )
-    confidence = np.minimum(confidence, CONFIDENCE_CAP)
-    return AtomContributions(
-        atom_index=np.arange(1, X.shape[1]),
-        contribution=contribution,
-        uncertainty=uncertainty,
-        confidence=confidence,
-        mean_keep=mean_keep,
-        mean_remove=mean_remove,
-        n_keep=n_keep,
-        n_remove=n_remove,
-        informative=informative,
-        overall_confidence=float(np.mean(confidence)),
-    )
-
-
-def _group_stats(values: np.ndarray, member: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column mean and population std over the rows where ``member``; NaN for an empty group."""
-    safe = np.maximum(count, 1)
-    mean = np.where(member, values, 0.0).sum(axis=0) / safe
-    # Two passes (deviations from the mean), not E[x^2] - E[x]^2: SHAP values
-    # of one atom are often nearly equal, where the shortcut cancels badly.
-    spread = np.where(member, values - mean, 0.0)
-    std = np.sqrt((spread**2).sum(axis=0) / safe)
-    empty = count == 0
-    return np.where(empty, np.nan, mean), np.where(empty, np.nan, std)
-
-
-def extracted_motif_mask(contributions: AtomContributions, min_confidence: Optional[float] = None) -> np.ndarray:
-    """The extracted motif as an (N,) bool mask over the permutable atoms.
-
-    An atom is in the motif when its contribution is negative (keeping it
-    lowers Rwp) and, if ``min_confidence`` is given, its confidence is at
-    least that. The bonded non-permutable atoms follow from the mask
-    (:mod:`motex_db.catalogue`).
-    """
-    mask = np.asarray(contributions.contribution) < 0
-    if min_confidence is not None:
-        if not np.isfinite(min_confidence) or min_confidence < 0:
-            raise InputError(f"The minimum confidence must be a number >= 0, not {min_confidence}.")
-        mask &= np.asarray(contributions.confidence) >= min_confidence
-    return mask
-
-
-CONVERGENCE_FRACTIONS = {"half": 0.5, "three_quarters": 0.75}
-
-
-def contribution_convergence(
-    masks: np.ndarray, rwp: np.ndarray, hyperparameters: dict, seed: int, contribution: np.ndarray
-) -> dict[str, dict]:
-    """Contributions from surrogates trained on the first half and three quarters of the fits.
-
-    ``masks``/``rwp`` are the trained model's fits in motif order (the order
-    they were sampled), ``hyperparameters`` its XGBoost parameters (no new
-    search: the question is whether more data move the answer) and
-    ``contribution`` its own contributions. For each fraction returns the
-    number of motifs, the contributions and how many atoms changed sign: when
-    signs still change, sampling more motifs will sharpen the answer.
-    """
-    from motex_db.learning import SearchSpace, features, split, train_final
-
-    searched = {d.name for d in SearchSpace().dimensions()} - {"n_estimators"}
-    params = {k: v for k, v in hyperparameters.items() if k in searched}
-    found = {}
-    for name, fraction in CONVERGENCE_FRACTIONS.items():
-        n = int(len(rwp) * fraction)
-        train_idx, _ = split(n, seed)
-        X = features(masks[:n])[train_idx]
-        model = train_final(X, rwp[:n][train_idx], params, seed).model
-        part = atom_contributions(shap_values(model, X), X).contribution
-        found[name] = {
-            "n_motifs": n,
-            "contribution": part,
-            "sign_changes": int(np.sum(np.sign(part) != np.sign(contribution))),
-        }
-    return found
 
 
 # --------------------------------------------------------------------------
@@ -242,7 +56,7 @@ class ExplainOutcome:
     best_motif_id: Optional[int]
     best_rwp: Optional[float]
     mlflow_run_id: Optional[str]
-    shap: Optional[np.ndarray] = None  # (n_train, N+1): SHAP values of the training motifs
+    shap: Optional[np.ndarray] = None  # (m, N+1): SHAP values of the explained training motifs
     features: Optional[np.ndarray] = None  # their features (n_kept, then one 0/1 per atom)
     extracted_elements: Optional[list] = None
     extracted_positions: Optional[np.ndarray] = None
@@ -250,6 +64,7 @@ class ExplainOutcome:
     starting_positions: Optional[np.ndarray] = None
     permutable: Optional[np.ndarray] = None  # (n_atoms,) bool
     bond_cutoff: Optional[float] = None  # Å
+    n_training: Optional[int] = None  # training motifs in all (``features`` holds the explained subset)
 
 
 def _latest_model(session, model_id: int, dataset_id: int, trained_model_id: Optional[int]):
@@ -273,28 +88,29 @@ def _latest_model(session, model_id: int, dataset_id: int, trained_model_id: Opt
     return row
 
 
-def _training_set(session, trained, n_permutable: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(masks, Rwp) of a trained model's motifs in its order, and the features of its training motifs."""
-    from sqlmodel import select
+def _training_set(session, trained, n_permutable: int):
+    """The model's training set (:func:`motex_db.learning.load_training_set`), refusing one that is gone."""
+    from motex_db.learning import load_training_set
 
-    from motex_db.catalogue import masks_from_text
-    from motex_db.learning import features, split
-    from motex_db.models import FitResult, Motif
+    found = load_training_set(session, trained, n_permutable)
+    if found is None or not np.all(np.isfinite(found.rwp)):
+        raise InputError(
+            f"trained model {trained.id}'s motifs or fits are no longer all in the record: train again."
+        )
+    return found
 
-    fitted = {
-        motif_id: (mask, rwp)
-        for motif_id, mask, rwp in session.exec(
-            select(Motif.id, Motif.mask, FitResult.rwp)
-            .join(FitResult, FitResult.motif_id == Motif.id)
-            .where(FitResult.dataset_id == trained.dataset_id)
-            .where(FitResult.fit_config_id == trained.fit_config_id)
-            .where(Motif.id.in_(trained.motif_ids.tolist()))
+
+def _stored_contributions(engine, trained_model_id: int) -> Optional[list]:
+    from sqlmodel import Session, select
+
+    from motex_db.models import AtomContribution
+
+    with Session(engine) as session:
+        rows = session.exec(
+            select(AtomContribution).where(AtomContribution.trained_model_id == trained_model_id)
+            .order_by(AtomContribution.atom_index)
         ).all()
-    }
-    masks = masks_from_text([fitted[int(m)][0] for m in trained.motif_ids], n_permutable)
-    rwp = np.array([fitted[int(m)][1] for m in trained.motif_ids], dtype=float)
-    train_idx, _ = split(len(masks), trained.seed)
-    return masks, rwp, features(masks)[train_idx]
+    return list(rows) or None
 
 
 def explain_model(
@@ -303,12 +119,23 @@ def explain_model(
     dataset: str,
     trained_model_id: Optional[int] = None,
     min_confidence: Optional[float] = None,
+    shap_motifs: Optional[int] = SHAP_MOTIFS,
+    on_wait=None,
 ) -> ExplainOutcome:
     """SHAP contributions of a trained model's training motifs, stored as ``atom_contribution`` rows.
 
+    The model is explained on a seeded subset of at most ``shap_motifs`` of
+    its training motifs (None or 0: all; :func:`motex_db.contributions.shap_rows`);
+    the number is stored in the model's ``training_log`` as ``explained_motifs``.
+    The convergence check (contributions from models on the first half and
+    three quarters of the fits, with this model's hyper-parameters) is
+    computed and stored with them. Two identical commands at once: one
+    computes, the other waits and reads the stored rows.
+
     The extracted motif (atoms with negative contribution, and confidence at
     least ``min_confidence`` when given, plus their bonded atoms) is added to
-    the catalogue and fitted with the model's fit configuration.
+    the catalogue, linked to the model (``trained_model.extracted_motif_id``)
+    and fitted with the model's fit configuration.
     """
     import pandas as pd
     from sqlmodel import Session, select
@@ -316,11 +143,11 @@ def explain_model(
     from motex_db.catalogue import _insert_motifs, mask_to_text
     from motex_db.datasets import get_dataset
     from motex_db.db import transaction
-    from motex_db.fitting.settings import FitSettings
-    from motex_db.fitting.refine import motif_atoms
     from motex_db.fitting.imported import IMPORT_RECIPE
+    from motex_db.fitting.refine import motif_atoms
+    from motex_db.fitting.settings import FitSettings
     from motex_db.fitting.work import FitJob, best_fit, fit_motifs_now, prepare_fit
-    from motex_db.learning import EXTRACTED_SAMPLER_PREFIX, model_from_json
+    from motex_db.learning import EXTRACTED_SAMPLER_PREFIX, model_from_json, run_once
     from motex_db.models import AtomContribution, FitConfig, FitResult, Motif, TrainedModel
     from motex_db.structures import get_starting_model, permutable_flags
 
@@ -328,43 +155,60 @@ def explain_model(
         model = get_starting_model(session, structure)
         data = get_dataset(session, dataset)
         trained = _latest_model(session, model.id, data.id, trained_model_id)
-        stored = session.exec(
-            select(AtomContribution).where(AtomContribution.trained_model_id == trained.id).order_by(AtomContribution.atom_index)
-        ).all()
         config = session.get(FitConfig, trained.fit_config_id)
-        masks, rwp, X_train = _training_set(session, trained, model.n_permutable)
+        training = _training_set(session, trained, model.n_permutable)
     flags = permutable_flags(model.elements, model.permutable_elements)
     perm_elements = [e for e, f in zip(model.elements, flags) if f]
-    shap_matrix = shap_values(model_from_json(trained.model), X_train)
-    found = atom_contributions(shap_matrix, X_train)
-    frame = pd.DataFrame({
-        "atom_index": found.atom_index, "element": perm_elements, "contribution": found.contribution,
-        "uncertainty": found.uncertainty, "confidence": found.confidence,
-    })
-    overall = float(found.overall_confidence)
-    if stored:
-        frame["contribution_half"] = [c.contribution_half for c in stored]
-        frame["contribution_three_quarters"] = [c.contribution_three_quarters for c in stored]
-        convergence = trained.convergence or {}
-    else:
-        parts = contribution_convergence(masks, rwp, trained.hyperparameters, trained.seed, found.contribution)
-        frame["contribution_half"] = parts["half"]["contribution"]
-        frame["contribution_three_quarters"] = parts["three_quarters"]["contribution"]
+    X_train = training.X_train
+    X_explained = X_train[shap_rows(len(X_train), trained.seed, shap_motifs)]
+    surrogate = model_from_json(trained.model)
+    computed: dict = {}
+
+    def compute():
+        shap_matrix = shap_values(surrogate, X_explained)
+        found = atom_contributions(shap_matrix, X_explained)
+        parts = contribution_convergence(training.masks, training.rwp, trained.hyperparameters, trained.seed,
+                                         found.contribution, shap_motifs)
         convergence = {name: {k: v for k, v in part.items() if k != "contribution"} for name, part in parts.items()}
         with transaction(engine) as session:
             session.add_all([
-                AtomContribution(trained_model_id=trained.id, atom_index=int(r.atom_index), element=r.element,
-                                 contribution=float(r.contribution), uncertainty=float(r.uncertainty),
-                                 confidence=float(r.confidence), contribution_half=float(r.contribution_half),
-                                 contribution_three_quarters=float(r.contribution_three_quarters))
-                for r in frame.itertuples()
+                AtomContribution(trained_model_id=trained.id, atom_index=int(i), element=e, contribution=float(c),
+                                 uncertainty=float(u), confidence=float(k), contribution_half=float(h),
+                                 contribution_three_quarters=float(t))
+                for i, e, c, u, k, h, t in zip(found.atom_index, perm_elements, found.contribution, found.uncertainty,
+                                               found.confidence, parts["half"]["contribution"],
+                                               parts["three_quarters"]["contribution"])
             ])
             row = session.get(TrainedModel, trained.id)
-            row.overall_confidence = overall
+            row.overall_confidence = float(found.overall_confidence)
             row.convergence = convergence
+            row.training_log = {**(row.training_log or {}), "explained_motifs": len(X_explained)}
             session.add(row)
+        computed.update(shap=shap_matrix)
+        return _stored_contributions(engine, trained.id)
 
-    keep = extracted_motif_mask(found, min_confidence)
+    stored, created = run_once(engine, f"explain:{trained.id}", lambda: _stored_contributions(engine, trained.id),
+                               compute, on_wait)
+    with Session(engine) as session:
+        convergence = session.get(TrainedModel, trained.id).convergence or {}
+    frame = pd.DataFrame({
+        "atom_index": [c.atom_index for c in stored], "element": [c.element for c in stored],
+        "contribution": [c.contribution for c in stored], "uncertainty": [c.uncertainty for c in stored],
+        "confidence": [c.confidence for c in stored],
+        "contribution_half": [c.contribution_half for c in stored],
+        "contribution_three_quarters": [c.contribution_three_quarters for c in stored],
+    })
+    overall = float(np.mean(frame["confidence"]))
+    # the SHAP values the files and plots show: computed now, or again for a model explained before
+    shap_matrix = computed.get("shap")
+    if shap_matrix is None:
+        shap_matrix = shap_values(surrogate, X_explained)
+
+    keep = frame["contribution"].to_numpy() < 0
+    if min_confidence is not None:
+        if not np.isfinite(min_confidence) or min_confidence < 0:
+            raise InputError(f"The minimum confidence must be a number >= 0, not {min_confidence}.")
+        keep &= frame["confidence"].to_numpy() >= min_confidence
     extracted = mask_to_text(keep)
     extracted_elements, extracted_positions = motif_atoms(model, extracted)
     extracted_id = extracted_rwp = extracted_status = None
@@ -378,6 +222,9 @@ def explain_model(
             extracted_id = session.exec(
                 select(Motif.id).where(Motif.starting_model_id == model.id).where(Motif.mask == extracted)
             ).one()
+            linked = session.get(TrainedModel, trained.id)
+            linked.extracted_motif_id = extracted_id
+            session.add(linked)
 
         def stored_fit():
             with Session(engine) as session:
@@ -394,33 +241,37 @@ def explain_model(
             extracted_rwp, extracted_status = result.rwp, result.status
     best_rwp, best_id, _, _ = best_fit(engine, FitJob(model.id, (data.id,), config.id))
     return ExplainOutcome(
-        trained_model_id=trained.id, created=not stored, structure=structure, dataset=dataset,
+        trained_model_id=trained.id, created=created, structure=structure, dataset=dataset,
         fit_config_id=config.id, elements=perm_elements, contributions=frame, overall_confidence=overall,
         convergence=convergence,
         extracted_mask=extracted, extracted_motif_id=extracted_id, extracted_rwp=extracted_rwp,
         extracted_status=extracted_status, best_motif_id=best_id, best_rwp=best_rwp,
-        mlflow_run_id=trained.mlflow_run_id, shap=shap_matrix, features=X_train,
+        mlflow_run_id=trained.mlflow_run_id, shap=shap_matrix, features=X_explained,
         starting_elements=list(model.elements), starting_positions=model.positions, permutable=flags,
         bond_cutoff=model.bond_cutoff,
         extracted_elements=extracted_elements, extracted_positions=extracted_positions,
+        n_training=len(X_train),
     )
 
 
 def log_explanation(record_url: str, outcome: ExplainOutcome, files: dict, mlflow_uri: Optional[str] = None) -> None:
-    """Attach the explanation's files and overall confidence to the trained model's MLflow run."""
-    import time
+    """Attach the explanation's files and its figures to the trained model's MLflow run.
 
-    from mlflow.entities import Metric
-
+    Metrics: the overall confidence, the extracted motif's Rwp and size (kept
+    permutable atoms) and the best sampled Rwp, so runs compare by them.
+    """
     from motex_db.tracking import open_tracker
 
     if not outcome.mlflow_run_id:
         return
     tracker = open_tracker(record_url, mlflow_uri)
+    tracker.log_values(outcome.mlflow_run_id, metrics={
+        "overall_confidence": outcome.overall_confidence,
+        "extracted_rwp": outcome.extracted_rwp if outcome.extracted_rwp is not None else float("nan"),
+        "extracted_size": outcome.extracted_mask.count("1"),
+        "best_rwp": outcome.best_rwp if outcome.best_rwp is not None else float("nan"),
+    })
     with tracker.logging():
-        tracker.client.log_batch(
-            outcome.mlflow_run_id, metrics=[Metric("overall_confidence", outcome.overall_confidence, int(time.time() * 1000), 0)]
-        )
         for path in files.values():
             tracker.client.log_artifact(outcome.mlflow_run_id, str(path), artifact_path="explain")
 
@@ -499,7 +350,7 @@ def explain_series(
     from motex_db.db import transaction
     from motex_db.fitting.settings import FitSettings
     from motex_db.fitting.work import fit_motifs_now, prepare_series_fit
-    from motex_db.learning import EXTRACTED_SAMPLER_PREFIX, model_from_json
+    from motex_db.learning import EXTRACTED_SAMPLER_PREFIX, POLL_SECONDS, claim, holding
     from motex_db.models import AtomContribution, FitConfig, FitResult, Motif, TrainedModel
     from motex_db.structures import get_starting_model, permutable_flags
 
@@ -537,39 +388,44 @@ def explain_series(
             stored.setdefault(row.trained_model_id, []).append(row)
     flags = permutable_flags(model.elements, model.permutable_elements)
     perm_elements = [e for e, f in zip(model.elements, flags) if f]
-    found_by_frame, created = {}, set()
-    for done, frame in enumerate(frames, start=1):
-        row = trained[frame.id]
-        if row.id in stored:
-            # explained before: the stored rows are the answer (no SHAP again)
-            rows = stored[row.id]
-            found_by_frame[frame.id] = _StoredContributions(
-                np.array([c.atom_index for c in rows]), np.array([c.contribution for c in rows]),
-                np.array([c.uncertainty for c in rows]), np.array([c.confidence for c in rows]),
-                float(row.overall_confidence),
-            )
-            on_frame(done, len(frames))
-            continue
-        with Session(engine) as session:
-            _, _, X_train = _training_set(session, row, model.n_permutable)
-        if shap_motifs and shap_motifs < len(X_train):
-            rows = np.sort(np.random.default_rng([row.seed, 2]).choice(len(X_train), shap_motifs, replace=False))
-            X_train = X_train[rows]
-        found = atom_contributions(shap_values(model_from_json(row.model), X_train), X_train)
-        with transaction(engine) as session:
-            session.add_all([
-                AtomContribution(trained_model_id=row.id, atom_index=int(i), element=e, contribution=float(c),
-                                 uncertainty=float(u), confidence=float(k))
-                for i, e, c, u, k in zip(found.atom_index, perm_elements, found.contribution,
-                                         found.uncertainty, found.confidence)
-            ])
-            stored_row = session.get(TrainedModel, row.id)
-            stored_row.overall_confidence = float(found.overall_confidence)
-            stored_row.training_log = {**(stored_row.training_log or {}), "explained_motifs": len(X_train)}
-            session.add(stored_row)
-        created.add(frame.id)
-        found_by_frame[frame.id] = found
-        on_frame(done, len(frames))
+    from motex_db.processes import worker_identity
+
+    worker = worker_identity()
+    created: set = set()
+    # Each frame is explained under its claim and committed alone: processes on one record
+    # (on one machine or many) split the frames, and a killed one loses only its current frame.
+    while True:
+        left = [f for f in frames if trained[f.id].id not in stored]
+        on_frame(len(frames) - len(left), len(frames))
+        if not left:
+            break
+        progressed = False
+        for frame in left:
+            row = trained[frame.id]
+            key = f"explain:{row.id}"
+            if not claim(engine, key, worker):
+                continue
+            with holding(engine, key, worker):
+                if _stored_contributions(engine, row.id) is None:
+                    _explain_frame(engine, row, model.n_permutable, perm_elements, shap_motifs)
+                    created.add(frame.id)
+            stored[row.id] = _stored_contributions(engine, row.id)
+            progressed = True
+            on_frame(len(frames) - len(left) + 1, len(frames))
+        if not progressed:
+            time.sleep(POLL_SECONDS)
+            for frame in left:  # stored by another process meanwhile
+                found = _stored_contributions(engine, trained[frame.id].id)
+                if found is not None:
+                    stored[trained[frame.id].id] = found
+    found_by_frame = {}
+    for frame in frames:
+        rows = stored[trained[frame.id].id]
+        confidence = np.array([c.confidence for c in rows])
+        found_by_frame[frame.id] = _StoredContributions(
+            np.array([c.atom_index for c in rows]), np.array([c.contribution for c in rows]),
+            np.array([c.uncertainty for c in rows]), confidence, float(np.mean(confidence)),
+        )
 
     # the extracted motifs, fitted to every frame in one go
     extracted = {f.id: mask_to_text(extracted_motif_mask(found_by_frame[f.id], min_confidence)) for f in frames}
@@ -584,6 +440,12 @@ def explain_series(
         ids = dict(session.exec(
             select(Motif.mask, Motif.id).where(Motif.starting_model_id == model.id).where(Motif.mask.in_(wanted))
         ).all()) if wanted else {}
+    with transaction(engine) as session:
+        for frame in frames:
+            if extracted[frame.id] in ids:
+                linked = session.get(TrainedModel, trained[frame.id].id)
+                linked.extracted_motif_id = ids[extracted[frame.id]]
+                session.add(linked)
     if ids:
         for prepared in prepare_series_fit(engine, structure, series, FitSettings.from_dict(config.settings)):
             fit_motifs_now(engine, prepared, sorted(ids.values()))
@@ -627,6 +489,31 @@ def explain_series(
     return SeriesExplainOutcome(
         structure, series, config.id, perm_elements, pd.DataFrame(table), pd.concat(long, ignore_index=True), parent,
     )
+
+
+def _explain_frame(engine, row, n_permutable: int, perm_elements: list, shap_motifs: Optional[int]) -> None:
+    """One frame's contributions (no convergence models), committed in one transaction."""
+    from sqlmodel import Session
+
+    from motex_db.db import transaction
+    from motex_db.learning import model_from_json
+    from motex_db.models import AtomContribution, TrainedModel
+
+    with Session(engine) as session:
+        X_train = _training_set(session, row, n_permutable).X_train
+    X_train = X_train[shap_rows(len(X_train), row.seed, shap_motifs)]
+    found = atom_contributions(shap_values(model_from_json(row.model), X_train), X_train)
+    with transaction(engine) as session:
+        session.add_all([
+            AtomContribution(trained_model_id=row.id, atom_index=int(i), element=e, contribution=float(c),
+                             uncertainty=float(u), confidence=float(k))
+            for i, e, c, u, k in zip(found.atom_index, perm_elements, found.contribution,
+                                     found.uncertainty, found.confidence)
+        ])
+        stored_row = session.get(TrainedModel, row.id)
+        stored_row.overall_confidence = float(found.overall_confidence)
+        stored_row.training_log = {**(stored_row.training_log or {}), "explained_motifs": len(X_train)}
+        session.add(stored_row)
 
 
 def log_series_explanation(record_url: str, outcome: SeriesExplainOutcome, files: dict, mlflow_uri: Optional[str] = None) -> None:

@@ -250,7 +250,8 @@ class TrainedModel(SQLModel, table=True):
     starting_model_id: int = _foreign_key("starting_model.id")
     dataset_id: int = _foreign_key("dataset.id")
     fit_config_id: int = _foreign_key("fit_config.id")
-    inputs_hash: str = Field(index=True)
+    # unique: two identical `train` commands store one model (the second reuses it)
+    inputs_hash: str = Field(index=True, unique=True)
     n_motifs: int
     seed: int
     hyperparameters: dict = _json_column()
@@ -269,6 +270,10 @@ class TrainedModel(SQLModel, table=True):
     convergence: Optional[dict] = _json_column(nullable=True)
     # set when the model is one frame's model of `train --series`: the series name
     series: Optional[str] = Field(default=None, index=True)
+    # the motif `explain` extracted from this model (its negative atoms), once explained. No
+    # foreign key: migration 0008 adds the column in place on SQLite, where alembic cannot add
+    # one; the motif and the model are removed together (both cascade from the starting model).
+    extracted_motif_id: Optional[int] = None
     created_at: datetime = _created_at()
 
 
@@ -344,6 +349,26 @@ class PolishRun(SQLModel, table=True):
     expires_at: Optional[datetime] = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True), nullable=True))
     created_at: datetime = _created_at()
     finished_at: Optional[datetime] = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True), nullable=True))
+
+
+class LearningClaim(SQLModel, table=True):
+    """A process's lease on one unit of learning work while it does it.
+
+    ``key`` names the unit: a training's inputs hash, a series frame's, or
+    ``explain:`` and a trained model id. Like :class:`FitClaim`, claims are
+    bookkeeping: inserted before the work, deleted with the transaction that
+    stores its result, taken over when past ``expires_at`` or when the worker
+    was a process on this machine that is gone. The holder renews its lease
+    while it works.
+    """
+
+    __tablename__ = "learning_claim"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    key: str = Field(sa_column=sa.Column(sa.String(200), nullable=False, unique=True))
+    # host:pid:token, as in fit claims
+    worker: str
+    expires_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
 
 
 class FitClaim(SQLModel, table=True):

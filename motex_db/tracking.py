@@ -22,7 +22,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -153,6 +155,99 @@ class Tracker:
         """A short critical section for logging a finished computation."""
         with tracking_lock(self.location):
             yield self
+
+    # ---------------------------------------------------------------- run logging
+    # Runs are opened when the work starts and logged as it goes, so the MLflow UI
+    # shows a running search with real start and end times. Every call is one short
+    # critical section; a run left RUNNING by a killed process is the set-up's to close.
+
+    def start_run(self, name: str, tags: dict, params: Optional[dict] = None, parent_run_id: Optional[str] = None,
+                  start_seconds: Optional[float] = None) -> str:
+        """Open a run (RUNNING) named ``name`` with ``tags`` and ``params``; returns its id."""
+        from mlflow.entities import Param
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+        tags = {key: str(value) for key, value in tags.items()}
+        if parent_run_id:
+            tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+        start = int(1000 * (start_seconds if start_seconds is not None else time.time()))
+        with self.logging():
+            run = self.client.create_run(self.experiment_id, start_time=start, tags=tags, run_name=name)
+            if params:
+                self.client.log_batch(run.info.run_id, params=[Param(k, _param_text(v)) for k, v in params.items()])
+        return run.info.run_id
+
+    def log_values(self, run_id: str, metrics: Optional[dict] = None, params: Optional[dict] = None,
+                   tags: Optional[dict] = None, step: int = 0) -> None:
+        """Log finite ``metrics``, ``params`` and ``tags`` to a run, in one call."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        metric_rows = [Metric(k, float(v), now, step) for k, v in (metrics or {}).items() if _finite(v)]
+        param_rows = [Param(k, _param_text(v)) for k, v in (params or {}).items()]
+        tag_rows = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        with self.logging():
+            self.client.log_batch(run_id, metrics=metric_rows, params=param_rows, tags=tag_rows)
+
+    def log_series(self, run_id: str, curves: dict[str, list[float]]) -> None:
+        """Log whole metric histories (one value per step), in batches MLflow accepts."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        rows = [Metric(name, float(v), now, step) for name, values in curves.items()
+                for step, v in enumerate(values) if _finite(v)]
+        with self.logging():
+            for start in range(0, len(rows), 900):
+                self.client.log_batch(run_id, metrics=rows[start:start + 900])
+
+    def log_child(self, parent_run_id: str, name: str, tags: dict, params: dict, metrics: dict,
+                  start_seconds: float, end_seconds: float) -> str:
+        """A finished child run (a search trial, say) with its real start and end times."""
+        from mlflow.entities import Metric, Param
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+        tags = {**{key: str(value) for key, value in tags.items()}, MLFLOW_PARENT_RUN_ID: parent_run_id}
+        end = int(1000 * end_seconds)
+        with self.logging():
+            run = self.client.create_run(self.experiment_id, start_time=int(1000 * start_seconds), tags=tags, run_name=name)
+            self.client.log_batch(
+                run.info.run_id,
+                metrics=[Metric(k, float(v), end, 0) for k, v in metrics.items() if _finite(v)],
+                params=[Param(k, _param_text(v)) for k, v in params.items()],
+            )
+            self.client.set_terminated(run.info.run_id, end_time=end)
+        return run.info.run_id
+
+    def log_files(self, run_id: str, files: dict[str, str], folder: str) -> None:
+        """Attach text files, ``{name: content}``, under ``folder`` of the run's artefacts."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as scratch:
+            paths = []
+            for name, content in files.items():
+                path = Path(scratch) / name
+                path.write_text(content)
+                paths.append(path)
+            with self.logging():
+                for path in paths:
+                    self.client.log_artifact(run_id, str(path), artifact_path=folder)
+
+    def finish_run(self, run_id: str) -> None:
+        """Mark a run FINISHED now."""
+        with self.logging():
+            self.client.set_terminated(run_id)
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _param_text(value) -> str:
+    # MLflow keeps params as text of at most 6000 characters
+    return str(value)[:6000]
 
 
 def open_tracker(record_url: str, override: Optional[str] = None) -> Tracker:

@@ -254,9 +254,10 @@ def _extracted(session: Session, structure: StartingModel, dataset_id: int, conf
                model: Optional[TrainedModel], contributions: Optional[pd.DataFrame]) -> Optional[MotifFit]:
     """The motif explain extracted from ``model``.
 
-    explain names it in ``motif.sampler``; when the same mask had been sampled
-    before, the catalogue kept the sampled row, so the mask (atoms with a
-    negative contribution) finds it.
+    explain links it in ``trained_model.extracted_motif_id``; for a model
+    explained before that column, the motif's ``sampler`` text names the
+    model, and when the same mask had been sampled before, the catalogue kept
+    the sampled row, so the mask (atoms with a negative contribution) finds it.
     """
     if model is None:
         return None
@@ -267,7 +268,10 @@ def _extracted(session: Session, structure: StartingModel, dataset_id: int, conf
                                       FitResult.fit_config_id == config_id))
         .where(Motif.starting_model_id == structure.id)
     )
-    row = session.exec(query.where(Motif.sampler == f"{EXTRACTED_SAMPLER_PREFIX} from trained model {model.id}")).first()
+    if model.extracted_motif_id is not None:
+        row = session.exec(query.where(Motif.id == model.extracted_motif_id)).first()
+    else:
+        row = session.exec(query.where(Motif.sampler == f"{EXTRACTED_SAMPLER_PREFIX} from trained model {model.id}")).first()
     if row is None and contributions is not None and len(contributions) == structure.n_permutable:
         ordered = contributions.sort_values("atom_index")["contribution"].to_numpy()
         mask = "".join("1" if c < 0 else "0" for c in ordered)

@@ -21,11 +21,11 @@ import numpy as np
 from motex_db.explain import shap_values
 from motex_db.fitting.refine import motif_atoms
 from motex_db.fitting.settings import FitSettings
-from motex_db.learning import features, model_from_json, split
+from motex_db.learning import model_from_json
 from motex_db.pdf import PDFParameters, cluster_pdf
 from motex_db.pdf.parameters import bare_symbol
 
-from motex_db.reports.data import MotifFit, Run, composition, masks_of
+from motex_db.reports.data import MotifFit, Run, composition
 
 __all__ = [
     "FitCurve", "fit_curve", "pdf_parameters", "Surrogate", "load_surrogate", "HoldoutPredictions", "holdout_predictions",
@@ -115,22 +115,24 @@ class Surrogate:
 
 
 def load_surrogate(engine, run: Run) -> Optional[Surrogate]:
-    """The run's latest model with its features and split; None without a model or its motif list."""
-    from motex_db.catalogue import masks_from_text
+    """The run's latest model with its features and split; None without a model or its motif list.
+
+    The training set comes from :func:`motex_db.learning.load_training_set`,
+    the one loader ``explain`` uses too.
+    """
+    from sqlmodel import Session
+
+    from motex_db.learning import load_training_set
 
     trained = run.model
-    if trained is None or trained.motif_ids is None or len(trained.motif_ids) < 2:
+    if trained is None:
         return None
-    ids = np.asarray(trained.motif_ids, dtype=np.int64)
-    texts = masks_of(engine, ids)
-    if len(texts) != len(ids):
-        return None  # motifs removed since training: the split cannot be rebuilt
-    X = features(masks_from_text([texts[int(i)] for i in ids], run.structure.n_permutable))
-    rwp_by_id = dict(zip(run.fits["motif_id"].to_numpy(), run.fits["rwp"].to_numpy()))
-    y = np.array([rwp_by_id.get(int(i), np.nan) for i in ids], dtype=float)
-    train_idx, test_idx = split(len(ids), int(trained.seed))
-    return Surrogate(ids, X, y, train_idx, test_idx, model_from_json(trained.model),
-                     dict(trained.hyperparameters or {}), int(trained.seed))
+    with Session(engine) as session:
+        found = load_training_set(session, trained, run.structure.n_permutable)
+    if found is None:
+        return None  # no motif list, or motifs removed since training: the split cannot be rebuilt
+    return Surrogate(found.motif_ids, found.X, found.rwp, found.train_idx, found.test_idx,
+                     model_from_json(trained.model), dict(trained.hyperparameters or {}), int(trained.seed))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,246 @@
+"""Step 4 of ML-MotEx, the pure part: each permutable atom's contribution to the fit quality.
+
+SHAP values of the surrogate (step 3) split its predicted Rwp of every motif
+into one additive share per feature. For permutable atom a, comparing its
+share over the motifs that keep it with its share over the motifs that remove
+it says whether keeping it lowers Rwp (a negative contribution: the atom
+belongs to the motif) or raises it (science.md section 5).
+
+Everything here takes arrays (and a model) and returns arrays;
+:mod:`motex_db.explain` runs step 4 on a trained model of the record and
+stores the contributions.
+
+References: Anker et al., npj Comput. Mater. 8, 213 (2022) (ML-MotEx);
+Lundberg et al., Nat. Mach. Intell. 2, 56 (2020) (TreeSHAP).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import shap
+
+from motex_db.errors import InputError
+
+__all__ = [
+    "CONFIDENCE_CAP",
+    "shap_values",
+    "AtomContributions",
+    "atom_contributions",
+    "extracted_motif_mask",
+    "CONVERGENCE_FRACTIONS",
+    "SHAP_MOTIFS",
+    "shap_rows",
+    "contribution_convergence",
+]
+
+# Confidences are capped here. It matters only when an atom's SHAP values do
+# not vary (or vary by rounding only) within either group yet differ between
+# them: |c| / 0 would be infinite, and the record stores finite floats. The cap
+# reads as "no spread whatsoever", far above any confidence real data give
+# (ML-MotEx's averaged about 1).
+CONFIDENCE_CAP = 1e6
+
+
+def shap_values(model, X: np.ndarray) -> np.ndarray:
+    """TreeSHAP values of a tree model for every row of X: (n, N + 1) floats, Rwp units.
+
+    Uses shap's ``TreeExplainer`` with ``feature_perturbation=
+    "tree_path_dependent"``: exact Shapley values of the trees as trained,
+    with the "missing feature" expectation taken over the training motifs
+    that reached each node (the trees' own cover counts). It needs no
+    background sample, costs O(trees x leaves x depth^2) per motif, and is
+    what ML-MotEx used (shap's default without background data). The
+    interventional alternative would need a background set of motifs and
+    scale with its size. Row sums plus the explainer's expected value equal
+    the model's predictions.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2:
+        raise InputError(f"Features must form an (n motifs, N + 1) array, not shape {X.shape}.")
+    n_features = getattr(model, "n_features_in_", None)
+    if n_features is not None and X.shape[1] != n_features:
+        raise InputError(
+            f"The model was trained on {n_features} features (N + 1) but the motifs have {X.shape[1]}."
+        )
+    # shap hands XGBoost models to XGBoost's own TreeSHAP (predict with pred_contribs), which
+    # runs on the booster's thread count: the stored models say 1 (training is deterministic
+    # with any count), so give the explanation every core, on a copy.
+    model = copy.deepcopy(model)
+    model.get_booster().set_param({"nthread": os.cpu_count() or 1})
+    explainer = shap.TreeExplainer(model, feature_perturbation="tree_path_dependent")
+    return np.asarray(explainer.shap_values(X), dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class AtomContributions:
+    """Per permutable atom (arrays of length N, in atom order 1..N).
+
+    ``contribution`` = mean(keep) - mean(remove) of the atom's SHAP values
+    (Rwp units; negative: keeping the atom lowers Rwp). ``uncertainty`` =
+    sqrt((std(keep)^2 + std(remove)^2) / 2), population standard deviations.
+    ``confidence`` = |contribution| / uncertainty, at most
+    :data:`CONFIDENCE_CAP` (which it is when the uncertainty is 0 but the
+    contribution is not). ``overall_confidence`` is the mean confidence over
+    all N atoms.
+
+    An atom kept in every motif, or in none, has nothing to compare
+    (``informative`` False): its contribution, uncertainty and confidence are
+    all 0.0, meaning "no evidence either way". It is never part of the
+    extracted motif, and its 0 confidence lowers the overall confidence, as
+    it should: the answer says nothing about that atom.
+    """
+
+    atom_index: np.ndarray  # 1..N
+    contribution: np.ndarray
+    uncertainty: np.ndarray
+    confidence: np.ndarray
+    mean_keep: np.ndarray  # NaN where no motif keeps the atom
+    mean_remove: np.ndarray  # NaN where no motif removes it
+    n_keep: np.ndarray  # motifs keeping the atom
+    n_remove: np.ndarray  # motifs removing it
+    informative: np.ndarray  # kept in some motifs and removed in others
+    overall_confidence: float
+
+
+def atom_contributions(shap_values: np.ndarray, X: np.ndarray) -> AtomContributions:
+    """ML-MotEx's atom contribution values from SHAP values and the features they explain.
+
+    ``shap_values`` and ``X`` are (n, N + 1): column 0 is n_kept, column a is
+    atom a's 0/1 presence (see :func:`motex_db.learning.features`). For atom
+    a, keep = SHAP_a over the motifs keeping a, remove = SHAP_a over those
+    removing it; see :class:`AtomContributions` for the formulas and for
+    atoms that are always or never kept. (ML-MotEx's code multiplies both
+    means by 0.5, which only rescales; we do not.)
+    """
+    shap_values = np.asarray(shap_values, dtype=np.float64)
+    X = np.asarray(X, dtype=np.float64)
+    if shap_values.ndim != 2 or shap_values.shape != X.shape or X.shape[1] < 2:
+        raise InputError(
+            f"SHAP values and features must both be (n motifs, N + 1) with N >= 1, "
+            f"not {shap_values.shape} and {X.shape}."
+        )
+    presence = X[:, 1:]
+    if not np.all((presence == 0) | (presence == 1)):
+        raise InputError("Atom columns of the features must hold only 0/1 (removed/kept) values.")
+    if not np.all(np.isfinite(shap_values)):
+        raise InputError("SHAP values must all be finite.")
+    kept = presence == 1
+    values = shap_values[:, 1:]
+    n_keep = kept.sum(axis=0)
+    n_remove = len(X) - n_keep
+    mean_keep, std_keep = _group_stats(values, kept, n_keep)
+    mean_remove, std_remove = _group_stats(values, ~kept, n_remove)
+    informative = (n_keep > 0) & (n_remove > 0)
+
+    contribution = np.where(informative, mean_keep - mean_remove, 0.0)
+    uncertainty = np.where(informative, np.sqrt((std_keep**2 + std_remove**2) / 2.0), 0.0)
+    magnitude = np.abs(contribution)
+    positive = uncertainty > 0
+    confidence = np.where(
+        positive,
+        magnitude / np.where(positive, uncertainty, 1.0),
+        np.where(magnitude > 0, CONFIDENCE_CAP, 0.0),
+    )
+    confidence = np.minimum(confidence, CONFIDENCE_CAP)
+    return AtomContributions(
+        atom_index=np.arange(1, X.shape[1]),
+        contribution=contribution,
+        uncertainty=uncertainty,
+        confidence=confidence,
+        mean_keep=mean_keep,
+        mean_remove=mean_remove,
+        n_keep=n_keep,
+        n_remove=n_remove,
+        informative=informative,
+        overall_confidence=float(np.mean(confidence)),
+    )
+
+
+def _group_stats(values: np.ndarray, member: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and population std over the rows where ``member``; NaN for an empty group."""
+    safe = np.maximum(count, 1)
+    mean = np.where(member, values, 0.0).sum(axis=0) / safe
+    # Two passes (deviations from the mean), not E[x^2] - E[x]^2: SHAP values
+    # of one atom are often nearly equal, where the shortcut cancels badly.
+    spread = np.where(member, values - mean, 0.0)
+    std = np.sqrt((spread**2).sum(axis=0) / safe)
+    empty = count == 0
+    return np.where(empty, np.nan, mean), np.where(empty, np.nan, std)
+
+
+def extracted_motif_mask(contributions: AtomContributions, min_confidence: Optional[float] = None) -> np.ndarray:
+    """The extracted motif as an (N,) bool mask over the permutable atoms.
+
+    An atom is in the motif when its contribution is negative (keeping it
+    lowers Rwp) and, if ``min_confidence`` is given, its confidence is at
+    least that. The bonded non-permutable atoms follow from the mask
+    (:mod:`motex_db.catalogue`).
+    """
+    mask = np.asarray(contributions.contribution) < 0
+    if min_confidence is not None:
+        if not np.isfinite(min_confidence) or min_confidence < 0:
+            raise InputError(f"The minimum confidence must be a number >= 0, not {min_confidence}.")
+        mask &= np.asarray(contributions.confidence) >= min_confidence
+    return mask
+
+
+CONVERGENCE_FRACTIONS = {"half": 0.5, "three_quarters": 0.75}
+# TreeSHAP costs trees x leaves x depth per motif. A contribution is a
+# difference of two means over the explained motifs; a seeded subset of m of
+# them moves it by about 2 x uncertainty / sqrt(m) (4.5 % of the uncertainty
+# for 2000) and leaves the uncertainty, a standard deviation, unbiased.
+# Measured on the Keggin and 48-W catalogues in docs/learning.md.
+SHAP_MOTIFS = 2000
+
+
+def shap_rows(n: int, seed: int, shap_motifs: Optional[int] = SHAP_MOTIFS) -> np.ndarray:
+    """Which of ``n`` training motifs are explained: all, or a seeded sorted subset of ``shap_motifs``.
+
+    ``shap_motifs`` None or 0 means all. The subset depends only on ``n`` and
+    ``seed``, so the same model always explains the same motifs (the stream
+    is the one :mod:`motex_db.reports` uses for its SHAP plots).
+    """
+    if shap_motifs is not None and shap_motifs < 0:
+        raise InputError(f"The number of explained motifs must be 0 (all) or more, not {shap_motifs}.")
+    if not shap_motifs or n <= shap_motifs:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([int(seed), 2]).choice(n, int(shap_motifs), replace=False))
+
+
+def contribution_convergence(
+    masks: np.ndarray, rwp: np.ndarray, hyperparameters: dict, seed: int, contribution: np.ndarray,
+    shap_motifs: Optional[int] = SHAP_MOTIFS,
+) -> dict[str, dict]:
+    """Contributions from surrogates trained on the first half and three quarters of the fits.
+
+    ``masks``/``rwp`` are the trained model's fits in motif order (the order
+    they were sampled), ``hyperparameters`` its XGBoost parameters (no new
+    search: the question is whether more data move the answer) and
+    ``contribution`` its own contributions. Each part's model is explained
+    on at most ``shap_motifs`` of its training motifs (:func:`shap_rows`).
+    For each fraction returns the number of motifs, the contributions and how
+    many atoms changed sign: when signs still change, sampling more motifs
+    will sharpen the answer.
+    """
+    from motex_db.surrogate import SearchSpace, features, split, train_final
+
+    params = {k: v for k, v in hyperparameters.items() if k in SearchSpace().names()}
+    found = {}
+    for name, fraction in CONVERGENCE_FRACTIONS.items():
+        n = int(len(rwp) * fraction)
+        train_idx, _ = split(n, seed)
+        X = features(masks[:n])[train_idx]
+        model = train_final(X, rwp[:n][train_idx], params, seed).model
+        X = X[shap_rows(len(X), seed, shap_motifs)]
+        part = atom_contributions(shap_values(model, X), X).contribution
+        found[name] = {
+            "n_motifs": n,
+            "contribution": part,
+            "sign_changes": int(np.sum(np.sign(part) != np.sign(contribution))),
+        }
+    return found

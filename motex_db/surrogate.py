@@ -1,0 +1,675 @@
+"""Step 3 of ML-MotEx, the pure part: a surrogate model of Rwp from atom presence.
+
+Each fitted motif becomes one row of features (the number of kept permutable
+atoms, then one 0/1 column per permutable atom, science.md section 4) with its
+Rwp as the target. A gradient-boosted tree regressor (XGBoost) learns Rwp from
+them:
+
+1. a seeded, shuffled 80/20 split into training and test motifs;
+2. hyper-parameters by Bayesian optimisation (scikit-optimize, Gaussian
+   process), each candidate scored by the mean absolute error of k-fold
+   cross-validation on the training motifs, every fold's fit stopping early
+   on its held-out fold; the search ends when it stops improving, and the
+   cheapest candidate within a percent or two of the best is chosen;
+3. a final fit on the training motifs with early stopping on a validation part
+   split off the *training* motifs (ML-MotEx stopped on its test set, which
+   leaks; here the test set only measures);
+4. MAE, RMSE and R^2 on the test motifs.
+
+Everything here takes arrays and returns arrays or plain values:
+hyper-parameters are explicit, randomness comes from ``seed``, and the same
+inputs and seed give a byte-identical model. Nothing here prints or touches a
+database or MLflow (that is :mod:`motex_db.learning`).
+
+References: Anker et al., npj Comput. Mater. 8, 213 (2022) (ML-MotEx);
+Chen & Guestrin, KDD 2016 (XGBoost).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import xgboost as xgb
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+from sklearn.model_selection import KFold
+from skopt import Optimizer
+from skopt.space import Integer, Real
+from threadpoolctl import threadpool_limits
+
+from motex_db.errors import InputError
+
+__all__ = [
+    "N_ITER",
+    "N_INITIAL",
+    "CV_FOLDS",
+    "PATIENCE",
+    "MIN_IMPROVEMENT",
+    "COST_TOLERANCE",
+    "TEST_FRACTION",
+    "VALIDATION_FRACTION",
+    "EARLY_STOPPING_ROUNDS",
+    "CV_EARLY_STOPPING_ROUNDS",
+    "MAX_ROUNDS",
+    "MIN_MOTIFS",
+    "features",
+    "feature_names",
+    "split",
+    "SearchSpace",
+    "Trial",
+    "SearchResult",
+    "search_hyperparameters",
+    "choose_trial",
+    "FinalModel",
+    "train_final",
+    "evaluate",
+    "model_to_json",
+    "model_from_json",
+    "SurrogateResult",
+    "train_surrogate",
+]
+
+# ML-MotEx's recipe (science.md section 4); every default below refers here.
+N_ITER = 50  # at most this many Bayesian iterations after the random starts
+N_INITIAL = 4  # random starts before the Gaussian process takes over
+CV_FOLDS = 3
+# The search stops after this many Bayesian trials in a row that lower the best
+# CV MAE by less than MIN_IMPROVEMENT (relative). Measured on the 48-W and
+# Keggin catalogues (docs/learning.md): the best trial of a 50-iteration
+# search is almost always found within the first ~15, and later ones improve
+# CV MAE by well under a percent.
+PATIENCE = 8
+MIN_IMPROVEMENT = 0.005
+# Among trials within this (relative) of the lowest CV MAE, the one with the
+# fewest leaves is chosen: step 4's TreeSHAP time is proportional to them.
+COST_TOLERANCE = 0.02
+TEST_FRACTION = 0.2
+VALIDATION_FRACTION = 0.2  # of the training motifs, for early stopping
+EARLY_STOPPING_ROUNDS = 50
+# Patience of early stopping inside the cross-validation folds: a score needs
+# the right tree count only roughly, and a shorter patience halves a trial.
+CV_EARLY_STOPPING_ROUNDS = 20
+# Upper bound on boosting rounds of every fit, in the search and the final
+# model (ML-MotEx allowed 5000 "epochs"). Early stopping ends most fits
+# sooner; the bound is a cost budget: step 4's TreeSHAP time is proportional
+# to the trees, and learning rates so slow that they need more than 1000
+# rounds buy about 5 % of MAE for 3-5 times the trees (docs/learning.md).
+MAX_ROUNDS = 1000
+# Below this the 80/20 split, 3-fold CV and a validation part leave folds of a
+# handful of motifs: the numbers would mean nothing.
+MIN_MOTIFS = 20
+
+# Settings shared by every XGBoost fit, in one place. "hist" is exact here
+# (binary features and n_kept have at most N + 1 distinct values, far fewer
+# than the 256 bins) and is the fastest CPU method.
+_FIXED_PARAMS = {"objective": "reg:squarederror", "tree_method": "hist"}
+# Early stopping watches the last metric: MAE, the score of the search too.
+_EVAL_METRICS = ["rmse", "mae"]
+
+
+# --------------------------------------------------------------------------
+# Features and split
+
+
+def features(masks: np.ndarray) -> np.ndarray:
+    """The feature matrix of motifs: (n, N) masks -> (n, N + 1) floats.
+
+    Column 0 is the number of kept permutable atoms; column a (1..N) is 1.0
+    when permutable atom a is kept and 0.0 when it is removed (science.md
+    section 4, ML-MotEx's input format). ``masks`` may be bool or 0/1 integers.
+    """
+    masks = _as_masks(masks)
+    out = np.empty((masks.shape[0], masks.shape[1] + 1), dtype=np.float64)
+    out[:, 0] = masks.sum(axis=1)
+    out[:, 1:] = masks
+    return out
+
+
+def feature_names(n_permutable: int) -> list[str]:
+    """Names of the feature columns: ``["n_kept", "atom_1", ..., "atom_N"]``."""
+    if n_permutable < 1:
+        raise InputError(f"A structure needs at least one permutable atom, not {n_permutable}.")
+    return ["n_kept"] + [f"atom_{a}" for a in range(1, n_permutable + 1)]
+
+
+def split(n: int, seed: int, test_fraction: float = TEST_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded shuffled split of ``n`` rows: (train indices, test indices), each sorted.
+
+    The test part holds round(test_fraction * n) rows (at least one), the
+    training part the rest (at least one). The same ``n`` and ``seed`` give
+    the same split.
+    """
+    return _shuffled_split(n, np.random.default_rng(_check_seed(seed)), test_fraction, "test")
+
+
+def _shuffled_split(
+    n: int, rng: np.random.Generator, fraction: float, what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    if not 0.0 < fraction < 1.0:
+        raise InputError(f"The {what} fraction must lie strictly between 0 and 1, not {fraction}.")
+    if n < 2:
+        raise InputError(f"Splitting off a {what} part needs at least 2 motifs, not {n}.")
+    n_held = min(max(int(round(fraction * n)), 1), n - 1)
+    order = rng.permutation(n)
+    return np.sort(order[n_held:]), np.sort(order[:n_held])
+
+
+# --------------------------------------------------------------------------
+# Hyper-parameter search
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The hyper-parameters searched, as (low, high) bounds, both included.
+
+    - learning_rate 0.1-0.8 and max_depth 2-10: ML-MotEx's space. The learning
+      rate is searched on a log scale, where equal steps change the shrinkage
+      per round by equal factors.
+    - min_child_weight 1-20 (log scale): for squared error, the fewest motifs
+      per leaf. Fit results carry noise (local minima of the refinement), and
+      this is the direct guard against leaves that fit a handful of motifs.
+    - subsample 0.5-1.0: row subsampling per tree, the other cheap guard
+      against fitting noise; 1.0 recovers ML-MotEx's boosting on all rows.
+
+    The number of trees is not searched: every cross-validation fit stops
+    early on its held-out fold (:data:`CV_EARLY_STOPPING_ROUNDS`), so each
+    candidate is scored with the tree count that suits it. (Searched, as
+    ML-MotEx and motex-db before did, a capped count biased the search
+    against slow learning rates and cost a dimension.)
+
+    Column subsampling is left out on purpose: it would shift SHAP credit
+    between an atom and the n_kept column, the very thing step 4 reads.
+    """
+
+    learning_rate: tuple[float, float] = (0.1, 0.8)
+    max_depth: tuple[int, int] = (2, 10)
+    min_child_weight: tuple[float, float] = (1.0, 20.0)
+    subsample: tuple[float, float] = (0.5, 1.0)
+
+    def dimensions(self) -> list:
+        """The scikit-optimize dimensions, named like XGBoost's parameters."""
+        try:
+            return [
+                Real(*self.learning_rate, prior="log-uniform", name="learning_rate"),
+                Integer(*self.max_depth, name="max_depth"),
+                Real(*self.min_child_weight, prior="log-uniform", name="min_child_weight"),
+                Real(*self.subsample, name="subsample"),
+            ]
+        except ValueError as exc:
+            raise InputError(f"The hyper-parameter search space is not valid: {exc}") from None
+
+    def names(self) -> list[str]:
+        return [d.name for d in self.dimensions()]
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One evaluated candidate: its parameters, its cross-validated MAE and its size.
+
+    ``n_rounds`` is the mean over folds of the trees early stopping kept;
+    ``cost`` = n_rounds x 2^max_depth, proportional to the leaves a model
+    with these parameters holds, which is what TreeSHAP's time scales with.
+    ``started``/``finished`` are Unix times in seconds (for tracking).
+    """
+
+    index: int  # 0-based, in the order evaluated; the first n_initial are random
+    params: dict
+    cv_mae: float  # mean over folds, in Rwp units
+    fold_mae: tuple[float, ...]
+    n_rounds: float = 0.0
+    started: float = 0.0
+    finished: float = 0.0
+
+    @property
+    def cost(self) -> float:
+        return float(self.n_rounds) * 2.0 ** int(self.params.get("max_depth", 0))
+
+    def as_dict(self) -> dict:
+        """The trial as plain JSON values (the record's training log)."""
+        return {"index": self.index, "params": dict(self.params), "cv_mae": self.cv_mae,
+                "n_rounds": self.n_rounds, "started": self.started, "finished": self.finished}
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Every trial of a search and the chosen one.
+
+    ``best_*`` describe the chosen trial: the cheapest (:attr:`Trial.cost`)
+    among those whose CV MAE is within ``tolerance`` of the lowest, which is
+    ``lowest_cv_mae``. ``stopped_early`` is True when the search ended before
+    its ``n_initial + n_iter`` trials because it stopped improving.
+    """
+
+    trials: list[Trial]
+    best_index: int
+    best_params: dict
+    best_cv_mae: float
+    lowest_cv_mae: float = math.nan
+    stopped_early: bool = False
+
+
+def search_hyperparameters(
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    seed: int,
+    n_iter: int = N_ITER,
+    cv: int = CV_FOLDS,
+    n_initial: int = N_INITIAL,
+    on_trial: Optional[Callable[[int, dict, float], None]] = None,
+    space: SearchSpace = SearchSpace(),
+    n_jobs: int = 1,
+    patience: Optional[int] = PATIENCE,
+    tolerance: float = COST_TOLERANCE,
+    on_trial_done: Optional[Callable[[Trial], None]] = None,
+) -> SearchResult:
+    """Bayesian optimisation of XGBoost's hyper-parameters by k-fold CV MAE.
+
+    scikit-optimize's ``Optimizer`` with a Gaussian-process surrogate proposes
+    ``n_initial`` random points, then up to ``n_iter`` points chosen by its
+    acquisition function (``--n-iter`` counts the latter, as in ML-MotEx).
+    Each trial fits ``cv`` XGBoost regressors on the same seeded, shuffled
+    folds, each stopping early on its held-out fold, and is scored by the
+    mean MAE on the held-out folds.
+
+    The search stops before ``n_iter`` when ``patience`` Bayesian trials in a
+    row have not lowered the best CV MAE by more than :data:`MIN_IMPROVEMENT`
+    (relative); ``patience=None`` runs every trial (the exhaustive search).
+    The chosen trial is the cheapest within ``tolerance`` (relative) of the
+    lowest CV MAE (``tolerance=0``: the lowest): a model of a quarter of the
+    trees explains four times faster in step 4, and differences of a percent
+    in CV MAE are within the folds' own spread.
+
+    ``on_trial(index, params, cv_mae)`` and ``on_trial_done(trial)`` are
+    called after each trial (index 0-based). ``n_jobs`` is how many folds are
+    fitted side by side, each on one thread (the result does not depend on
+    it). A point proposed twice is not refitted (fits are deterministic).
+    """
+    X_train, y_train = _check_xy(X_train, y_train)
+    seed = _check_seed(seed)
+    if n_initial < 1:
+        raise InputError(f"The search needs at least one random start, not {n_initial}.")
+    if n_iter < 0:
+        raise InputError(f"The number of Bayesian iterations must be zero or more, not {n_iter}.")
+    if patience is not None and patience < 1:
+        raise InputError(f"The search's patience must be at least one trial, not {patience}.")
+    if not 0.0 <= tolerance < 1.0:
+        raise InputError(f"The CV MAE tolerance must lie in [0, 1), not {tolerance}.")
+    if not 2 <= cv <= len(y_train):
+        raise InputError(
+            f"Cross-validation needs between 2 and {len(y_train)} folds (the training motifs), not {cv}."
+        )
+    dimensions = space.dimensions()
+    names = [d.name for d in dimensions]
+    folds = _fold_matrices(X_train, y_train, cv, seed)
+    optimizer = Optimizer(dimensions, base_estimator="GP", n_initial_points=n_initial, random_state=seed)
+    n_trials = n_initial + n_iter
+    trials: list[Trial] = []
+    seen: dict[tuple, tuple[tuple[float, ...], float]] = {}
+    best, since_best, stopped = math.inf, 0, False
+    pool = ThreadPoolExecutor(max_workers=max(1, min(int(n_jobs), cv))) if n_jobs > 1 else None
+    # The Gaussian process works on matrices of a few dozen rows: BLAS threads
+    # only cost there (many-fold slower on a busy 2-core machine), so limit
+    # them to one for the duration of the search.
+    try:
+        with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
+            # The GP's kernel fit may stop at a bound of its hyper-parameters; that
+            # is expected with few points and changes nothing for the caller.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            for index in range(n_trials):
+                started = time.time()
+                point = optimizer.ask()
+                params = {name: _plain(value) for name, value in zip(names, point)}
+                key = tuple(params.values())
+                if key not in seen:
+                    seen[key] = _cv_scores(folds, params, seed, pool)
+                fold_mae, n_rounds = seen[key]
+                cv_mae = float(np.mean(fold_mae))
+                last = index + 1 == n_trials
+                if cv_mae < best * (1.0 - MIN_IMPROVEMENT):
+                    since_best = 0
+                elif index >= n_initial:
+                    since_best += 1
+                best = min(best, cv_mae)
+                stop = patience is not None and since_best >= patience
+                # The last tell need not refit the GP: nothing more is asked.
+                optimizer.tell(point, cv_mae, fit=not (last or stop))
+                trial = Trial(index=index, params=params, cv_mae=cv_mae, fold_mae=fold_mae, n_rounds=n_rounds,
+                              started=started, finished=time.time())
+                trials.append(trial)
+                if on_trial is not None:
+                    on_trial(index, dict(params), cv_mae)
+                if on_trial_done is not None:
+                    on_trial_done(trial)
+                if stop and not last:
+                    stopped = True
+                    break
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    chosen = choose_trial(trials, tolerance)
+    return SearchResult(
+        trials=trials, best_index=chosen.index, best_params=dict(chosen.params), best_cv_mae=chosen.cv_mae,
+        lowest_cv_mae=min(t.cv_mae for t in trials), stopped_early=stopped,
+    )
+
+
+def choose_trial(trials: list[Trial], tolerance: float = COST_TOLERANCE) -> Trial:
+    """The cheapest trial whose CV MAE is within ``tolerance`` (relative) of the lowest; ties by index."""
+    if not trials:
+        raise InputError("A search without trials has nothing to choose from.")
+    lowest = min(t.cv_mae for t in trials)
+    near = [t for t in trials if t.cv_mae <= lowest * (1.0 + tolerance)]
+    return min(near, key=lambda t: (t.cost, t.cv_mae, t.index))
+
+
+def _fold_matrices(X, y, cv, seed) -> list[tuple]:
+    """(fit DMatrix, held-out DMatrix, held-out targets) per fold, built once for the whole search."""
+    folds = []
+    for fit_rows, held_rows in KFold(n_splits=cv, shuffle=True, random_state=seed).split(X):
+        folds.append((xgb.DMatrix(X[fit_rows], label=y[fit_rows], nthread=1),
+                      xgb.DMatrix(X[held_rows], label=y[held_rows], nthread=1)))
+    return folds
+
+
+def _cv_scores(folds, params, seed, pool) -> tuple[tuple[float, ...], float]:
+    """(held-out MAE per fold, mean number of trees kept) of one candidate."""
+    fitted = list(pool.map(lambda fold: _fold_score(fold, params, seed), folds) if pool else
+                  (_fold_score(fold, params, seed) for fold in folds))
+    return tuple(mae for mae, _ in fitted), float(np.mean([rounds for _, rounds in fitted]))
+
+
+def _fold_score(fold, params, seed) -> tuple[float, int]:
+    fit, held = fold
+    booster = xgb.train(
+        {**_FIXED_PARAMS, **params, "seed": int(seed), "nthread": 1, "eval_metric": "mae"},
+        fit, num_boost_round=MAX_ROUNDS, evals=[(held, "held")],
+        early_stopping_rounds=CV_EARLY_STOPPING_ROUNDS, verbose_eval=False,
+    )
+    return float(booster.best_score), int(booster.best_iteration) + 1
+
+
+def _regressor(params: dict, *, seed: int, n_jobs: int, **extra) -> xgb.XGBRegressor:
+    merged = {**_FIXED_PARAMS, **params, **extra, "random_state": int(seed), "n_jobs": int(n_jobs)}
+    return xgb.XGBRegressor(**merged)
+
+
+def _plain(value):
+    """numpy scalars from scikit-optimize as plain Python numbers (JSON, MLflow)."""
+    if isinstance(value, (np.integer, int)) and not isinstance(value, bool):
+        return int(value)
+    return float(value)
+
+
+# --------------------------------------------------------------------------
+# Final fit, evaluation, serialisation
+
+
+@dataclass(frozen=True)
+class FinalModel:
+    """The surrogate after early stopping, with how it got there.
+
+    ``model`` holds exactly ``best_iteration + 1`` trees (the rounds after the
+    best one are cut off). ``learning_curve`` is
+    ``{"train": {"rmse": [...], "mae": [...]}, "validation": {...}}`` with one
+    value per boosting round actually run (Rwp units), including the
+    ``early_stopping_rounds`` rounds after the best. ``fit_idx`` and
+    ``validation_idx`` index rows of the ``X_train`` given to
+    :func:`train_final`. ``hyperparameters`` are the XGBRegressor keyword
+    arguments that rebuild ``model`` when fitted on ``X_train[fit_idx]``.
+    """
+
+    model: xgb.XGBRegressor
+    best_iteration: int
+    n_rounds_run: int
+    learning_curve: dict
+    fit_idx: np.ndarray
+    validation_idx: np.ndarray
+    hyperparameters: dict
+
+
+def train_final(
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    params: dict,
+    seed: int,
+    validation_fraction: float = VALIDATION_FRACTION,
+    early_stopping_rounds: int = EARLY_STOPPING_ROUNDS,
+    max_rounds: int = MAX_ROUNDS,
+    n_jobs: int = 1,
+) -> FinalModel:
+    """Fit the surrogate with early stopping on a validation part of the training motifs.
+
+    A seeded ``validation_fraction`` of ``X_train`` is held out (never the
+    test motifs: the caller passes only training motifs); the regressor
+    boosts up to ``max_rounds`` rounds on the rest and stops once the
+    validation MAE has not improved for ``early_stopping_rounds`` rounds.
+    ``params`` are XGBoost parameters (a search's ``best_params``); an
+    ``n_estimators`` among them is ignored, early stopping decides.
+    Deterministic: the same inputs and seed give a byte-identical model.
+    """
+    X_train, y_train = _check_xy(X_train, y_train)
+    seed = _check_seed(seed)
+    if early_stopping_rounds < 1:
+        raise InputError(f"Early stopping needs at least one round of patience, not {early_stopping_rounds}.")
+    if max_rounds < 1:
+        raise InputError(f"The final fit needs at least one boosting round, not {max_rounds}.")
+    # A stream of its own, so the validation part does not mirror the test split.
+    rng = np.random.default_rng([int(seed), 1])
+    fit_idx, validation_idx = _shuffled_split(len(y_train), rng, validation_fraction, "validation")
+    params = {k: v for k, v in params.items() if k != "n_estimators"}
+    model = _regressor(
+        params,
+        n_estimators=int(max_rounds),
+        seed=seed,
+        n_jobs=n_jobs,
+        early_stopping_rounds=int(early_stopping_rounds),
+        eval_metric=_EVAL_METRICS,
+    )
+    X_fit, y_fit = X_train[fit_idx], y_train[fit_idx]
+    model.fit(
+        X_fit, y_fit, eval_set=[(X_fit, y_fit), (X_train[validation_idx], y_train[validation_idx])], verbose=False
+    )
+    history = model.evals_result()
+    curve = {
+        "train": {m: [float(v) for v in history["validation_0"][m]] for m in _EVAL_METRICS},
+        "validation": {m: [float(v) for v in history["validation_1"][m]] for m in _EVAL_METRICS},
+    }
+    best_iteration = int(model.best_iteration)
+    # Keep the best model only: its JSON, its predictions and its SHAP values
+    # then all describe the same trees, whoever loads it.
+    best = model_from_json(_booster_json(model.get_booster()[: best_iteration + 1]))
+    hyperparameters = {
+        **_FIXED_PARAMS,
+        **params,
+        "n_estimators": best_iteration + 1,
+        "random_state": int(seed),
+    }
+    return FinalModel(
+        model=best,
+        best_iteration=best_iteration,
+        n_rounds_run=len(curve["validation"]["mae"]),
+        learning_curve=curve,
+        fit_idx=fit_idx,
+        validation_idx=validation_idx,
+        hyperparameters=hyperparameters,
+    )
+
+
+def evaluate(model: xgb.XGBRegressor, X_test: np.ndarray, y_test: np.ndarray) -> dict:
+    """Test-set scores of a surrogate: ``{"mae", "rmse", "r2"}`` (MAE and RMSE in Rwp units).
+
+    R^2 is NaN for fewer than two test motifs or a constant test target.
+    """
+    X_test, y_test = _check_xy(X_test, y_test, min_rows=1)
+    predicted = model.predict(X_test)
+    r2 = float(r2_score(y_test, predicted)) if len(y_test) >= 2 and np.ptp(y_test) > 0 else math.nan
+    return {
+        "mae": float(mean_absolute_error(y_test, predicted)),
+        "rmse": float(math.sqrt(mean_squared_error(y_test, predicted))),
+        "r2": r2,
+    }
+
+
+def model_to_json(model: xgb.XGBRegressor) -> str:
+    """The model in XGBoost's own JSON format (trees and learner parameters)."""
+    return _booster_json(model.get_booster())
+
+
+def model_from_json(text: str) -> xgb.XGBRegressor:
+    """A regressor from :func:`model_to_json`'s text; predicts exactly as the original."""
+    model = xgb.XGBRegressor()
+    try:
+        model.load_model(bytearray(text.encode("utf-8")))
+    except xgb.core.XGBoostError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
+        raise InputError(f"The stored surrogate model is not a readable XGBoost model: {first}") from None
+    return model
+
+
+def _booster_json(booster: xgb.Booster) -> str:
+    return bytes(booster.save_raw("json")).decode("utf-8")
+
+
+# --------------------------------------------------------------------------
+# The whole of step 3
+
+
+@dataclass(frozen=True)
+class SurrogateResult:
+    """Everything step 3 produces for one catalogue of fits.
+
+    Index arrays refer to rows of the ``masks``/``rwp`` given to
+    :func:`train_surrogate`: ``train_idx`` and ``test_idx`` partition them;
+    ``validation_idx`` (early stopping) and ``fit_idx`` (the trees' data)
+    partition ``train_idx``. Step 4 explains the training motifs:
+    ``features(masks)[train_idx]``.
+    """
+
+    model: xgb.XGBRegressor
+    model_json: str
+    hyperparameters: dict
+    trials: list[Trial]
+    best_cv_mae: float  # of the chosen trial
+    lowest_cv_mae: float  # of any trial
+    stopped_early: bool  # the search ended before n_initial + n_iter trials
+    metrics: dict
+    learning_curve: dict
+    best_iteration: int
+    train_idx: np.ndarray
+    test_idx: np.ndarray
+    validation_idx: np.ndarray
+    fit_idx: np.ndarray
+    y_test: np.ndarray
+    y_pred_test: np.ndarray
+    feature_names: list[str]
+    seed: int
+    n_motifs: int
+
+
+def train_surrogate(
+    masks: np.ndarray,
+    rwp: np.ndarray,
+    seed: int = 0,
+    n_iter: int = N_ITER,
+    cv: int = CV_FOLDS,
+    on_trial: Optional[Callable[[int, dict, float], None]] = None,
+    n_initial: int = N_INITIAL,
+    space: SearchSpace = SearchSpace(),
+    n_jobs: Optional[int] = None,
+    patience: Optional[int] = PATIENCE,
+    tolerance: float = COST_TOLERANCE,
+    on_trial_done: Optional[Callable[[Trial], None]] = None,
+) -> SurrogateResult:
+    """Step 3 end to end: features, split, search, final fit, test scores.
+
+    ``masks`` (n, N) are the fitted motifs and ``rwp`` (n,) their fit
+    quality; every Rwp must be finite (leave failed fits out). Refuses fewer
+    than :data:`MIN_MOTIFS` motifs and a constant Rwp (nothing to learn).
+    ``on_trial``, ``on_trial_done``, ``patience`` and ``tolerance`` are passed
+    to :func:`search_hyperparameters`; ``n_jobs`` folds are fitted side by
+    side there (default: one per core; the model does not depend on it).
+    The final model trains on one thread, which keeps it byte-identical.
+    """
+    masks = _as_masks(masks)
+    rwp = np.asarray(rwp, dtype=np.float64)
+    if rwp.ndim != 1 or len(rwp) != len(masks):
+        raise InputError(f"There must be one Rwp per motif: {len(masks)} motifs but Rwp of shape {rwp.shape}.")
+    if not np.all(np.isfinite(rwp)):
+        raise InputError(f"{int(np.sum(~np.isfinite(rwp)))} Rwp values are not finite; leave failed fits out.")
+    if len(rwp) < MIN_MOTIFS:
+        raise InputError(f"Training needs at least {MIN_MOTIFS} fitted motifs, not {len(rwp)}.")
+    if np.ptp(rwp) == 0:
+        raise InputError(f"Every motif has the same Rwp ({rwp[0]:g}): there is nothing to learn.")
+    X = features(masks)
+    train_idx, test_idx = split(len(rwp), seed)
+    search = search_hyperparameters(
+        X[train_idx], rwp[train_idx], seed, n_iter=n_iter, cv=cv, n_initial=n_initial,
+        on_trial=on_trial, space=space, n_jobs=n_jobs or os.cpu_count() or 1, patience=patience,
+        tolerance=tolerance, on_trial_done=on_trial_done,
+    )
+    final = train_final(X[train_idx], rwp[train_idx], search.best_params, seed)
+    y_pred_test = final.model.predict(X[test_idx]).astype(np.float64)
+    return SurrogateResult(
+        model=final.model,
+        model_json=model_to_json(final.model),
+        hyperparameters=final.hyperparameters,
+        trials=search.trials,
+        best_cv_mae=search.best_cv_mae,
+        lowest_cv_mae=search.lowest_cv_mae,
+        stopped_early=search.stopped_early,
+        metrics=evaluate(final.model, X[test_idx], rwp[test_idx]),
+        learning_curve=final.learning_curve,
+        best_iteration=final.best_iteration,
+        train_idx=train_idx,
+        test_idx=test_idx,
+        validation_idx=train_idx[final.validation_idx],
+        fit_idx=train_idx[final.fit_idx],
+        y_test=rwp[test_idx],
+        y_pred_test=y_pred_test,
+        feature_names=feature_names(masks.shape[1]),
+        seed=int(seed),
+        n_motifs=len(rwp),
+    )
+
+
+# --------------------------------------------------------------------------
+# Input checks
+
+
+def _as_masks(masks) -> np.ndarray:
+    masks = np.asarray(masks)
+    if masks.ndim != 2 or masks.shape[1] < 1:
+        raise InputError(f"Motif masks must form an (n motifs, N atoms) array, not shape {masks.shape}.")
+    if masks.dtype != bool:
+        if not np.all((masks == 0) | (masks == 1)):
+            raise InputError("Motif masks must hold only 0/1 (removed/kept) values.")
+        masks = masks.astype(bool)
+    return masks
+
+
+def _check_seed(seed) -> int:
+    # numpy, scikit-learn and XGBoost all take seeds in [0, 2**32).
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        raise InputError(f"The seed must be an integer from 0 to {2**32 - 1}, not {seed!r}.")
+    return int(seed)
+
+
+def _check_xy(X, y, min_rows: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if X.ndim != 2 or y.ndim != 1 or len(X) != len(y):
+        raise InputError(f"Features (n, N + 1) and targets (n,) do not match: shapes {X.shape} and {y.shape}.")
+    if len(y) < min_rows:
+        raise InputError(f"At least {min_rows} motifs are needed here, not {len(y)}.")
+    if not (np.all(np.isfinite(X)) and np.all(np.isfinite(y))):
+        raise InputError("Features and Rwp values must all be finite.")
+    return X, y
+
+
