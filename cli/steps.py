@@ -25,6 +25,7 @@ def sample(
     radius_max: float = typer.Option(10.0, "--radius-max", help="Largest sphere radius in Å (sphere)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (drawn and recorded when not given)."),
     from_file: Optional[Path] = typer.Option(None, "--from-file", help="Add hand-picked motifs: one '0'/'1' string per line."),
+    dedup: str = typer.Option("mask", "--dedup", help="mask (never a mask twice) or isometry (never an image of a stored motif under the model's symmetry: same PDF, same fit)."),
 ) -> None:
     """Add new distinct motifs to a starting model's catalogue (never a mask twice)."""
     from motex_db.catalogue import add_mask_file, sample_motifs
@@ -40,8 +41,13 @@ def sample(
             + f"; the catalogue holds {outcome.total}."
         )
         return
-    outcome = sample_motifs(engine, structure, n, strategy, seed, min_atoms, max_atoms, radius_min, radius_max)
+    outcome = sample_motifs(engine, structure, n, strategy, seed, min_atoms, max_atoms, radius_min, radius_max, dedup)
     console.print(f"added {outcome.added} new motifs to '{structure}' ({outcome.sampler}); the catalogue holds {outcome.total}.")
+    if dedup == "isometry":
+        console.print(
+            f"{outcome.isometric_skipped} drawn motifs were images of stored or drawn ones (same pair distances, "
+            "same PDF) and were left out."
+        )
     if outcome.exhausted and outcome.added < n:
         console.print(f"the space of distinct motifs ran out: {outcome.added} of the {n} asked for were left.")
 

@@ -451,6 +451,8 @@ class SampleOutcome:
     exhausted: bool
     sampler: str
     total: int
+    # drawn motifs left out because a stored or newly drawn motif is their image (``dedup='isometry'``)
+    isometric_skipped: int = 0
 
 
 def _stored_masks(session, model_id: int) -> set[str]:
@@ -461,7 +463,7 @@ def _stored_masks(session, model_id: int) -> set[str]:
     return set(session.exec(select(Motif.mask).where(Motif.starting_model_id == model_id)).all())
 
 
-def _insert_motifs(session, model, masks: list[str], sampler: str) -> int:
+def _insert_motifs(session, model, masks: list[str], sampler: str, signatures: list[str] | None = None) -> int:
     """Insert motifs in bulk, skipping masks another process stored meanwhile; returns how many went in."""
     from sqlalchemy import func, select as sa_select
     from sqlalchemy.dialects import postgresql, sqlite
@@ -477,8 +479,9 @@ def _insert_motifs(session, model, masks: list[str], sampler: str) -> int:
     n_kept = arrays.sum(axis=1)
     now = utcnow()
     rows = [
-        {"starting_model_id": model.id, "mask": m, "n_kept": int(k), "n_atoms": int(a), "sampler": sampler, "created_at": now}
-        for m, k, a in zip(masks, n_kept, n_atoms)
+        {"starting_model_id": model.id, "mask": m, "n_kept": int(k), "n_atoms": int(a), "sampler": sampler,
+         "signature": g, "created_at": now}
+        for m, k, a, g in zip(masks, n_kept, n_atoms, signatures or [None] * len(masks))
     ]
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     count = lambda: session.execute(
@@ -503,8 +506,14 @@ def sample_motifs(
     max_atoms: int | None = None,
     radius_min: float = 3.0,
     radius_max: float = 10.0,
+    dedup: str = "mask",
 ) -> SampleOutcome:
     """Add ``n`` new distinct motifs to a starting model's catalogue, in one transaction.
+
+    With ``dedup='isometry'`` a drawn motif whose isometry signature (see
+    :func:`motex_db.environments.motif_signatures`) is already stored, or drawn
+    before it, is left out and another is drawn: an image of a stored motif under
+    the model's symmetry has the same PDF and would only repeat its fit.
 
     ``strategy`` is 'uniform' (ML-MotEx's sampler; ``min_atoms``/``max_atoms``
     bound the number of kept permutable atoms) or 'sphere' (the cookie cutter,
@@ -518,6 +527,8 @@ def sample_motifs(
         raise InputError(f"--n must be at least 1, not {n}.")
     if strategy not in ("uniform", "sphere"):
         raise InputError(f"unknown sampling strategy '{strategy}' (use uniform or sphere).")
+    if dedup not in ("mask", "isometry"):
+        raise InputError(f"unknown --dedup '{dedup}' (use mask or isometry).")
     if seed is None:
         seed = int(np.random.SeedSequence().entropy % 2**31)
     rng = np.random.default_rng(seed)
@@ -531,16 +542,73 @@ def sample_motifs(
                     f"--min-atoms {min_atoms} and --max-atoms {k_max} must satisfy "
                     f"1 <= min <= max <= {model.n_permutable} (the permutable atoms of '{structure}')."
                 )
-            masks, exhausted = sample_uniform_masks(model.n_permutable, n, rng, stored, min_atoms, k_max)
+            draw = lambda count, taken: sample_uniform_masks(model.n_permutable, count, rng, taken, min_atoms, k_max)
             sampler = f"uniform k={min_atoms}..{k_max} seed={seed}"
         else:
             flags = np.isin(np.asarray(model.elements), model.permutable_elements)
-            masks, exhausted = sample_sphere_masks(
-                model.positions[flags], n, rng, stored, radius_min, radius_max
+            draw = lambda count, taken: sample_sphere_masks(
+                model.positions[flags], count, rng, taken, radius_min, radius_max
             )
             sampler = f"sphere r={radius_min:g}..{radius_max:g} seed={seed}"
-        added = _insert_motifs(session, model, masks, sampler)
-        return SampleOutcome(structure, n, added, len(masks) - added, exhausted, sampler, len(stored) + added)
+        if dedup == "isometry":
+            masks, signatures, exhausted, skipped = _draw_without_images(session, model, n, stored, draw)
+            sampler += " dedup=isometry"
+        else:
+            (masks, exhausted), signatures, skipped = draw(n, stored), None, 0
+        added = _insert_motifs(session, model, masks, sampler, signatures)
+        return SampleOutcome(structure, n, added, len(masks) - added, exhausted, sampler, len(stored) + added, skipped)
+
+
+def _stored_signatures(session, model) -> set[str]:
+    """Isometry signatures of a model's stored motifs; those stored without one get theirs now."""
+    from sqlalchemy import bindparam, update
+    from sqlmodel import select
+
+    from motex_db.environments import motif_signatures
+    from motex_db.models import Motif
+
+    rows = session.exec(select(Motif.id, Motif.mask, Motif.signature).where(Motif.starting_model_id == model.id)).all()
+    known = {signature for _, _, signature in rows if signature is not None}
+    missing = [(motif_id, mask) for motif_id, mask, signature in rows if signature is None]
+    if missing:
+        flags = np.isin(np.asarray(model.elements), model.permutable_elements)
+        membership = membership_matrix(model.positions, flags, model.bond_cutoff)
+        masks = masks_from_text([mask for _, mask in missing], model.n_permutable)
+        signatures = motif_signatures(masks, membership, model.elements, model.positions)
+        statement = update(Motif.__table__).where(Motif.__table__.c.id == bindparam("motif_id")).values(
+            signature=bindparam("new_signature"))
+        session.execute(statement, [{"motif_id": i, "new_signature": g} for (i, _), g in zip(missing, signatures)])
+        known.update(signatures)
+    return known
+
+
+def _draw_without_images(session, model, n: int, stored: set[str], draw, rounds: int = 50):
+    """Draw up to ``n`` masks none of which is an image of a stored motif or of another drawn one.
+
+    Returns (masks, their signatures, exhausted, how many drawn masks were left out as images).
+    """
+    from motex_db.environments import motif_signatures
+
+    known = _stored_signatures(session, model)
+    flags = np.isin(np.asarray(model.elements), model.permutable_elements)
+    membership = membership_matrix(model.positions, flags, model.bond_cutoff)
+    taken, masks, signatures, skipped, exhausted = set(stored), [], [], 0, False
+    for _ in range(rounds):
+        if len(masks) >= n or exhausted:
+            break
+        drawn, exhausted = draw(n - len(masks), taken)
+        if not drawn:
+            break
+        taken.update(drawn)
+        for mask, signature in zip(drawn, motif_signatures(
+                masks_from_text(drawn, model.n_permutable), membership, model.elements, model.positions)):
+            if signature in known:
+                skipped += 1
+                continue
+            known.add(signature)
+            masks.append(mask)
+            signatures.append(signature)
+    return masks, signatures, exhausted, skipped
 
 
 def add_mask_file(engine, structure: str, path: str | Path) -> SampleOutcome:

@@ -272,3 +272,60 @@ def model_environments(engine, name: str, k: Optional[int] = None, tolerance: Op
         except IntegrityError:
             pass  # another process stored the same rows first
     return model, environments
+
+
+# --------------------------------------------------------------------------
+# Isometry signatures: motifs that are images of each other have equal PDFs.
+
+SIGNATURE_DECIMALS = 4  # distances rounded to 1e-4 Å, far below any PDF peak width
+
+
+def pair_classes(elements: Sequence[str], positions: np.ndarray, decimals: int = SIGNATURE_DECIMALS):
+    """Every atom pair i < j and its class: same two species, same distance rounded to ``decimals`` Å.
+
+    Returns (i, j, class index per pair, number of classes).
+    """
+    positions = np.asarray(positions, dtype=float)
+    i, j = np.triu_indices(len(positions), k=1)
+    distance = np.round(np.linalg.norm(positions[i] - positions[j], axis=1), decimals)
+    species, code = np.unique(np.asarray(elements), return_inverse=True)
+    low, high = np.minimum(code[i], code[j]), np.maximum(code[i], code[j])
+    keys = np.stack([low, high, np.round(distance * 10**decimals).astype(np.int64)], axis=1)
+    _, classes = np.unique(keys, axis=0, return_inverse=True)
+    return i, j, classes.ravel(), int(classes.max()) + 1 if classes.size else 0
+
+
+def motif_signatures(
+    masks: np.ndarray, membership: np.ndarray, elements: Sequence[str], positions: np.ndarray,
+    decimals: int = SIGNATURE_DECIMALS,
+) -> list[str]:
+    """An isometry-invariant signature per motif: a hash of its species counts and its pair-class counts.
+
+    Two motifs with equal signatures hold the same multiset of species-resolved
+    pair distances (to ``decimals`` Å), so their computed PDFs are equal and so
+    are their fits. ``masks`` (n_motifs, N) bool; ``membership`` (n_atoms, N)
+    from :func:`motex_db.catalogue.membership_matrix`.
+    """
+    import hashlib
+
+    from scipy import sparse
+
+    masks = np.atleast_2d(np.asarray(masks, dtype=bool))
+    membership = np.asarray(membership, dtype=bool)
+    i, j, classes, n_classes = pair_classes(elements, positions, decimals)
+    one_hot = sparse.csr_matrix((np.ones(classes.size, dtype=np.float32), (np.arange(classes.size), classes)),
+                                shape=(classes.size, max(n_classes, 1)))
+    _, species = np.unique(np.asarray(elements), return_inverse=True)
+    species_hot = np.eye(species.max() + 1, dtype=np.float32)[species]
+    signatures: list[str] = []
+    # chunks bound the (motifs x pairs) presence matrix to ~64 MB
+    chunk = max(1, 16_000_000 // max(classes.size, 1))
+    for start in range(0, len(masks), chunk):
+        present = (masks[start:start + chunk].astype(np.float32) @ membership.T.astype(np.float32)) > 0.5
+        pairs = (present[:, i] & present[:, j]).astype(np.float32)
+        counts = np.rint(np.asarray(one_hot.T @ pairs.T).T).astype(np.int64)
+        atoms = np.rint(present.astype(np.float32) @ species_hot).astype(np.int64)
+        for row_atoms, row_counts in zip(atoms, counts):
+            digest = hashlib.sha256(row_atoms.tobytes() + b"|" + row_counts.tobytes())
+            signatures.append(digest.hexdigest()[:32])
+    return signatures

@@ -178,6 +178,7 @@ class Motif(SQLModel, table=True):
     __table_args__ = (
         sa.UniqueConstraint("starting_model_id", "mask", name="uq_motif_mask"),
         sa.Index("ix_motif_model_size", "starting_model_id", "n_kept"),
+        sa.Index("ix_motif_model_signature", "starting_model_id", "signature"),
     )
 
     id: Optional[int] = Field(default=None, primary_key=True)
@@ -187,6 +188,9 @@ class Motif(SQLModel, table=True):
     n_kept: int
     n_atoms: int
     sampler: str
+    # the isometry signature (environments.motif_signatures): equal for motifs with equal PDFs;
+    # set by sample --dedup isometry, NULL otherwise
+    signature: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(32), nullable=True))
     created_at: datetime = _created_at()
 
 

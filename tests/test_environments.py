@@ -155,3 +155,78 @@ def test_check_against_a_library_flags_a_mislabelled_atom_of_a_generated_crystal
     assert [row[:3] for row in rows] == [[str(wrong + 1), "Ce", "O"]]
     shown = motex("structure", "check", "ceo2", "--library", "oxides", db=db)
     assert "4 of 18 structures held out" in shown.stdout and "atoms are not judged" in shown.stdout
+
+
+# --------------------------------------------------------------------------
+# Isometry signatures
+
+
+def _brute_multiset(mask, membership, elements, positions):
+    """Sorted (species pair, distance to 1e-4 Å) of every pair of a motif's atoms, plus its species."""
+    atoms = np.flatnonzero(membership[:, np.asarray(mask, dtype=bool)].any(axis=1))
+    pairs = sorted(
+        (tuple(sorted((elements[a], elements[b]))), round(float(np.linalg.norm(positions[a] - positions[b])), 4))
+        for n, a in enumerate(atoms) for b in atoms[n + 1:]
+    )
+    return sorted(elements[a] for a in atoms), pairs
+
+
+@requires_shared
+def test_keggin_images_share_a_signature_and_a_displaced_atom_breaks_it():
+    from motex_db.catalogue import membership_matrix
+    from motex_db.environments import motif_signatures
+
+    elements, positions = _keggin()
+    elements = np.asarray(elements)
+    membership = membership_matrix(positions, elements == "W", 2.6)
+    rng = np.random.default_rng(3)
+    masks = np.zeros((400, 24), dtype=bool)
+    for row in masks:
+        row[rng.choice(24, size=rng.integers(1, 4), replace=False)] = True
+    signatures = motif_signatures(masks, membership, elements, positions)
+    brute = [_brute_multiset(m, membership, elements, positions) for m in masks]
+    # equal signatures exactly when the species and pair-distance multisets are equal
+    for a in range(len(masks)):
+        for b in range(a + 1, len(masks)):
+            assert (signatures[a] == signatures[b]) == (brute[a] == brute[b])
+    # W1, W7, W13, W19 are images of each other (one environment class); W1 and W2 are not
+    single = np.eye(24, dtype=bool)[[0, 6, 12, 18, 1]]
+    first, *images, other = motif_signatures(single, membership, elements, positions)
+    assert images == [first] * 3 and other != first
+    assert len(set(signatures)) < len(signatures)  # small motifs of a symmetric model do repeat
+
+    moved = positions.copy()
+    moved[0] += [0.05, 0.0, 0.0]
+    after = motif_signatures(single, membership_matrix(moved, elements == "W", 2.6), elements, moved)
+    assert after[0] != after[1] and after[1] == after[2] == after[3]
+
+
+@requires_shared
+def test_sample_dedup_isometry_stores_one_motif_per_signature_and_images_fit_alike(motex, tmp_path):
+    db = f"sqlite:///{tmp_path / 'motex.db'}"
+    assert motex("structure", "add", KEGGIN / "109725.xyz", "--name", "keggin", "--permute", "W", db=db).exit_code == 0
+    assert motex("data", "add", KEGGIN / "DanMAX_AlphaKeggin.gr", "--name", "danmax", db=db).exit_code == 0
+    plain = motex("sample", "--structure", "keggin", "--n", "300", "--seed", "1", "--max-atoms", "3", db=db)
+    assert plain.exit_code == 0
+    deduped = motex("sample", "--structure", "keggin", "--n", "200", "--seed", "2", "--dedup", "isometry", db=db)
+    assert deduped.exit_code == 0, deduped.stderr
+    skipped = int(deduped.stdout.split("drawn motifs were images")[0].split()[-1])
+    assert skipped > 0
+    rows = query(db, "SELECT signature, sampler FROM motif")
+    assert all(signature is not None for signature, _ in rows)  # the plain ones got theirs when needed
+    new = [signature for signature, sampler in rows if "dedup=isometry" in sampler]
+    old = {signature for signature, sampler in rows if "dedup=isometry" not in sampler}
+    assert len(new) == 200 and len(set(new)) == 200 and not set(new) & old
+
+    # two images among the plain motifs: the same fit
+    assert motex("fit", "--structure", "keggin", "--data", "danmax", db=db).exit_code == 0
+    fits = query(db, "SELECT m.signature, r.rwp FROM motif m JOIN fit_result r ON r.motif_id = m.id WHERE r.status = 'ok'")
+    by_signature: dict = {}
+    for signature, rwp in fits:
+        by_signature.setdefault(signature, []).append(rwp)
+    repeated = [values for values in by_signature.values() if len(values) > 1]
+    assert repeated
+    assert max(max(v) - min(v) for v in repeated) < 1e-6
+
+    bad = motex("sample", "--structure", "keggin", "--n", "5", "--dedup", "shape", db=db)
+    assert bad.exit_code == 2 and "unknown --dedup 'shape'" in bad.stderr

@@ -1,4 +1,4 @@
-"""Atom environments (k-NN distance vectors and classes) and the k-NN atom-type check.
+"""Atom environments (k-NN distance vectors and classes), the k-NN atom-type check, motif signatures.
 
 Revision ID: 0012
 Revises: 0011
@@ -52,8 +52,13 @@ def upgrade() -> None:
         sa.Column("seconds", sa.Float, nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     )
+    op.add_column("motif", sa.Column("signature", sa.String(32), nullable=True))
+    op.create_index("ix_motif_model_signature", "motif", ["starting_model_id", "signature"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_motif_model_signature", "motif")
+    # plain ALTER TABLE (SQLite >= 3.35 and PostgreSQL): a batch copy of the table would break the views on it
+    op.execute("ALTER TABLE motif DROP COLUMN signature")
     op.drop_table("atom_type_check")
     op.drop_table("atom_environment")
