@@ -229,19 +229,20 @@ def test_local_worker_processes_share_the_work(motex, tmp_path):
 
 def test_claims_of_a_dead_worker_on_this_host_are_taken_over_at_once(tmp_path):
     """A batch claimed by a process that no longer exists is fitted by the next run, without waiting for the lease."""
-    import socket
-
     from motex_db.db import open_engine
     from motex_db.fitting.settings import FitSettings
     from motex_db.fitting.work import claim_batch, fit_catalogue, prepare_fit
+    from motex_db.processes import process_identity
 
     url = f"sqlite:///{tmp_path / 'dead.db'}"
     _c60_record(tmp_path, url, 300)
-    gone = subprocess.Popen(["true"])
-    gone.wait()  # its pid now names no process
+    gone = subprocess.Popen(["sleep", "60"])
+    identity = process_identity(gone.pid)
+    gone.kill()
+    gone.wait()  # its pid now names no process (or a later one, started at another time)
     engine = open_engine(url)
     prepared = prepare_fit(engine, "c60", "c60", FitSettings())
-    held = claim_batch(engine, prepared.job, f"{socket.gethostname()}:{gone.pid}:dead", 100, lease_seconds=3600)
+    held = claim_batch(engine, prepared.job, f"{identity}:dead", 100, lease_seconds=3600)
     assert len(held) == 100
     started = time.time()
     summary = fit_catalogue(engine, "c60", "c60", FitSettings())

@@ -22,16 +22,21 @@ motif's calculated PDFs are shared, see :meth:`MotifFitter.fit_frames`) and
 writes one result row per frame, in bulk. A motif counts as unfinished while
 any frame lacks its result; frames that already have one keep it, so frames
 added to a series later cost only their own fits. Claims expire after ``lease_seconds``; claims of a process on
-this host that no longer exists are released at once, so a run restarted after
-kill -9 on the same machine goes on immediately.
+this machine that no longer exists are released at once, so a run restarted after
+kill -9 on the same machine goes on immediately (a worker is named by host, pid,
+process start, boot id and pid namespace: see :mod:`motex_db.processes`).
+
+What goes wrong is contained: a motif whose fit raises is stored as failed with
+the error while its batch-mates are fitted (the batch is bisected); a lost
+PostgreSQL connection is retried with backoff (every transaction here may be
+repeated), and when it stays lost the worker stops with one sentence, its claims
+left to expire.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from collections.abc import Sequence
@@ -45,10 +50,11 @@ from sqlmodel import Session, select
 
 from motex_db.catalogue import masks_from_text, membership_matrix
 from motex_db.datasets import get_dataset, get_series_frames
-from motex_db.db import is_sqlite, transaction
-from motex_db.errors import InputError
+from motex_db.db import analyze, is_sqlite, reconnecting, transaction
+from motex_db.errors import InputError, MotexError
 from motex_db.fitting.settings import ENGINE_VERSION, FitSettings
 from motex_db.models import Dataset, FitClaim, FitConfig, FitResult, Motif, StartingModel, utcnow
+from motex_db.processes import die_with_parent, process_gone, worker_identity
 from motex_db.structures import get_starting_model, permutable_flags
 
 DEFAULT_LEASE_SECONDS = 300.0
@@ -58,22 +64,8 @@ TARGET_BATCH_SECONDS = 1.0
 
 
 def worker_id() -> str:
-    """This process's name in claims: host, pid and a random token."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def _local_process_gone(worker: str) -> bool:
-    host, _, rest = worker.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    """This process's name in claims: host, pid, process start, boot id, pid namespace and a random token."""
+    return worker_identity()
 
 
 def _insert(session: Session, table: sa.Table):
@@ -230,15 +222,57 @@ def count_unfinished(engine: Engine, job: FitJob) -> int:
 
 
 def release_stale_claims(session: Session, job: FitJob) -> int:
-    """Delete claims past their lease, and claims of processes on this host that are gone."""
+    """Delete claims past their lease, and claims of processes on this machine that are gone."""
     now = utcnow()
     where = (FitClaim.dataset_id == job.dataset_id) & (FitClaim.fit_config_id == job.fit_config_id)
     expired = session.execute(sa.delete(FitClaim).where(where & (FitClaim.expires_at < now))).rowcount or 0
     workers = session.exec(select(FitClaim.worker).where(where).distinct()).all()
-    gone = [w for w in workers if _local_process_gone(w)]
+    gone = [w for w in workers if process_gone(w)]
     if gone:
         expired += session.execute(sa.delete(FitClaim).where(where & FitClaim.worker.in_(gone))).rowcount or 0
     return expired
+
+
+def _unfinished_in_window(session: Session, job: FitJob, start: int, window: int) -> tuple[list[int], Optional[int]]:
+    """Motifs among the next ``window`` of the job's catalogue after id ``start`` that have neither a claim nor every
+    result, in id order, and the last id looked at (None past the end).
+
+    Every lookup is by key (the catalogue in id order, then claims and results of
+    these ids through their unique indexes), so the plan does not hang on the
+    planner's statistics. Claims are read before results: a worker that stores
+    its results drops its claims in the same transaction, so a motif finished
+    meanwhile shows up in one of the two reads.
+    """
+    ids = list(
+        session.exec(
+            select(Motif.id)
+            .where(Motif.starting_model_id == job.starting_model_id)
+            .where(Motif.id > start)
+            .order_by(Motif.id)
+            .limit(window)
+        ).all()
+    )
+    if not ids:
+        return [], None
+    claimed = set(
+        session.exec(
+            select(FitClaim.motif_id)
+            .where(FitClaim.motif_id.in_(ids))
+            .where(FitClaim.dataset_id == job.dataset_id)
+            .where(FitClaim.fit_config_id == job.fit_config_id)
+        ).all()
+    )
+    finished = set(
+        session.exec(
+            select(FitResult.motif_id)
+            .where(FitResult.motif_id.in_(ids))
+            .where(FitResult.dataset_id.in_(job.dataset_ids))
+            .where(FitResult.fit_config_id == job.fit_config_id)
+            .group_by(FitResult.motif_id)
+            .having(sa.func.count() >= len(job.dataset_ids))
+        ).all()
+    )
+    return [m for m in ids if m not in claimed and m not in finished], ids[-1]
 
 
 def claim_batch(
@@ -249,22 +283,34 @@ def claim_batch(
     ``after``: look first at motifs with a larger id (where a worker that goes
     through the catalogue in id order finds its next batch without passing over
     every finished motif again), then at all of them.
+
+    Claims that ``worker`` still holds are dropped first: a worker claims only
+    with empty hands, so they are left from a claim whose commit was answered by
+    a lost connection (and this call is its retry).
     """
     with transaction(engine) as session:
         release_stale_claims(session, job)
-        claimed = (
-            select(FitClaim.id)
-            .where(FitClaim.motif_id == Motif.id)
+        session.execute(
+            sa.delete(FitClaim)
+            .where(FitClaim.worker == worker)
             .where(FitClaim.dataset_id == job.dataset_id)
             .where(FitClaim.fit_config_id == job.fit_config_id)
-            .exists()
         )
-        candidates = []
-        for start in dict.fromkeys((after, 0)):
-            query = _unfinished(job).where(~claimed).where(Motif.id > start).order_by(Motif.id).limit(size)
-            if not is_sqlite(engine):
-                query = query.with_for_update(of=Motif, skip_locked=True)
-            candidates = list(session.exec(query).all())
+        # a few batches' worth of ids per look (SQLite takes at most 32,766 bound values per statement)
+        window = min(max(4 * size, 1024), 16384)
+        candidates: list[int] = []
+        for first in dict.fromkeys((after, 0)):
+            start: Optional[int] = first
+            while start is not None and len(candidates) < size:
+                found, start = _unfinished_in_window(session, job, start, window)
+                if found and not is_sqlite(engine):
+                    # rows another worker is claiming right now are skipped, not waited for
+                    found = list(
+                        session.exec(
+                            select(Motif.id).where(Motif.id.in_(found)).order_by(Motif.id).with_for_update(skip_locked=True)
+                        ).all()
+                    )
+                candidates.extend(found[: size - len(candidates)])
             if candidates:
                 break
         if not candidates:
@@ -468,6 +514,44 @@ def delete_failed(engine: Engine, job: FitJob) -> int:
         ).rowcount or 0
 
 
+def fit_isolating_failures(fitter, masks: np.ndarray, frames: Sequence[int]) -> list:
+    """``fitter.fit_frames(masks, frames)``, except that a motif whose fit raises becomes a failed result carrying the
+    error, and the other motifs of the batch are fitted: a batch that raises is cut in halves until the motifs that
+    raise stand alone.
+
+    A project error (bad settings or masks) is the whole batch's, and is raised.
+    """
+    try:
+        return fitter.fit_frames(masks, frames)
+    except MotexError:
+        raise
+    except Exception as exc:  # any bug or numerical surprise in one motif's fit must not take its batch-mates down
+        if len(masks) == 1:
+            from motex_db.fitting.batched import FitBatch
+
+            error = f"the fit raised {type(exc).__name__}: {str(exc).strip() or 'no message'}"
+            return [
+                FitBatch(rwp=np.full(1, np.nan), ok=np.zeros(1, dtype=bool), params=[None], errors=[error], seconds=np.zeros(1))
+                for _ in frames
+            ]
+    half = len(masks) // 2
+    first = fit_isolating_failures(fitter, masks[:half], frames)
+    second = fit_isolating_failures(fitter, masks[half:], frames)
+    return [_joined(a, b) for a, b in zip(first, second, strict=True)]
+
+
+def _joined(first, second):
+    from motex_db.fitting.batched import FitBatch
+
+    return FitBatch(
+        rwp=np.concatenate([first.rwp, second.rwp]),
+        ok=np.concatenate([first.ok, second.ok]),
+        params=list(first.params) + list(second.params),
+        errors=list(first.errors) + list(second.errors),
+        seconds=np.concatenate([first.seconds, second.seconds]),
+    )
+
+
 def run_worker(
     engine: Engine,
     prepared: PreparedFit,
@@ -481,7 +565,8 @@ def run_worker(
     A fit is one motif against one dataset (a series job: against each frame).
     When the only motifs left are claimed by other live workers, it waits for
     them (their results, or their leases running out) instead of leaving work
-    behind a worker that may have died.
+    behind a worker that may have died. Each step with the database is retried
+    while a PostgreSQL connection is lost (:func:`motex_db.db.reconnecting`).
     """
     worker = worker_id()
     fitter = prepared.fitter()
@@ -490,20 +575,20 @@ def run_worker(
     done = failed = 0
     after = 0
     while True:
-        claimed = claim_batch(engine, prepared.job, worker, size, lease_seconds, after)
+        claimed = reconnecting(engine, claim_batch, engine, prepared.job, worker, size, lease_seconds, after)
         if not claimed:
-            if count_unfinished(engine, prepared.job) == 0:
+            if reconnecting(engine, count_unfinished, engine, prepared.job) == 0:
                 return done, failed
             time.sleep(poll_seconds)
             continue
         ids = [m for m, _ in claimed]
         after = max(ids)
         masks = masks_from_text([mask for _, mask in claimed], prepared.model.n_permutable)
-        frames, n_new = missing_frames(engine, prepared.job, ids)
+        frames, n_new = reconnecting(engine, missing_frames, engine, prepared.job, ids)
         started = time.perf_counter()
-        batches = fitter.fit_frames(masks, frames)
+        batches = fit_isolating_failures(fitter, masks, frames)
         spent = time.perf_counter() - started
-        write_results(engine, prepared.job, worker, ids, batches, frames)
+        reconnecting(engine, write_results, engine, prepared.job, worker, ids, batches, frames)
         n_failed = sum(int((~np.asarray(batch.ok)).sum()) for batch in batches)
         done += n_new
         failed += n_failed
@@ -530,16 +615,27 @@ def best_fit(engine: Engine, job: FitJob) -> tuple[Optional[float], Optional[int
     return tuple(row) if row else (None, None, None, None)
 
 
-def _worker_process(url: str, prepared: PreparedFit, lease_seconds: float, queue) -> None:
-    """A local worker process of ``fit --workers W``: one BLAS thread, its own engine."""
+def _worker_process(url: str, prepared: PreparedFit, lease_seconds: float, queue, parent_pid: int) -> None:
+    """A local worker process of ``fit --workers W``: one BLAS thread, its own engine, ends with its parent.
+
+    A project error (a lost database, a full disk) goes to the parent as its
+    sentence, and the process exits with code 2.
+    """
+    die_with_parent(parent_pid)
     from threadpoolctl import threadpool_limits
 
     from motex_db.db import open_engine
 
-    engine = open_engine(url)
-    with threadpool_limits(1):
-        run_worker(engine, prepared, lease_seconds, on_batch=lambda d, f: queue.put((d, f)))
-    engine.dispose()
+    try:
+        engine = open_engine(url)
+        with threadpool_limits(1):
+            run_worker(engine, prepared, lease_seconds, on_batch=lambda d, f: queue.put((d, f)))
+        engine.dispose()
+    except MotexError as exc:
+        queue.put(("error", str(exc)))
+        queue.close()
+        queue.join_thread()
+        os._exit(2)
 
 
 def fit_catalogue(
@@ -571,8 +667,10 @@ def fit_catalogue(
         else [prepare_fit(engine, structure, dataset, settings)]
     )
     retried = sum(delete_failed(engine, p.job) for p in jobs) if retry_failed else 0
+    # catalogues and results arrive in bulk (sample, earlier fits): fresh statistics keep the planner's counts right
+    analyze(engine, "motif", "fit_result", "fit_claim")
     # fits to do: per job, the (motif, dataset) pairs without a result
-    todo = [count_missing_fits(engine, p.job) for p in jobs]
+    todo = [reconnecting(engine, count_missing_fits, engine, p.job) for p in jobs]
     n_frames = sum(len(p.job.dataset_ids) for p in jobs)
     with Session(engine) as session:
         n_motifs = session.exec(
@@ -602,7 +700,7 @@ def fit_catalogue(
             _run_local_workers(engine, prepared, workers, lease_seconds, advance)
     summary.seconds = time.perf_counter() - started
     summary.fitted, summary.failed = progress.done, progress.failed
-    best = min((best_fit(engine, p.job) for p in jobs), key=lambda b: (b[0] is None, b[0] or 0.0))
+    best = min((reconnecting(engine, best_fit, engine, p.job) for p in jobs), key=lambda b: (b[0] is None, b[0] or 0.0))
     summary.best_rwp, summary.best_motif_id, summary.best_motif_size, best_dataset = best
     if series is not None and best_dataset is not None:
         summary.best_frame = next(d.name for p in jobs for d in p.frames if d.id == best_dataset)
@@ -617,22 +715,29 @@ def _run_local_workers(engine: Engine, prepared: PreparedFit, workers: int, leas
     queue = context.Queue()
     url = engine.url.render_as_string(hide_password=False)
     processes = [
-        context.Process(target=_worker_process, args=(url, prepared, lease_seconds, queue), daemon=True)
+        context.Process(target=_worker_process, args=(url, prepared, lease_seconds, queue, os.getpid()), daemon=True)
         for _ in range(workers)
     ]
     for process in processes:
         process.start()
+    errors: list[str] = []
     try:
         while any(p.is_alive() for p in processes) or not queue.empty():
             try:
-                advance(*queue.get(timeout=0.2))
+                message = queue.get(timeout=0.2)
             except queue_module.Empty:
-                pass
+                continue
+            if message[0] == "error":
+                errors.append(message[1])
+            else:
+                advance(*message)
     finally:
         for process in processes:
             if process.is_alive():
                 process.terminate()
             process.join()
+    if errors:
+        raise MotexError(errors[0])
     failures = [p.exitcode for p in processes if p.exitcode != 0]
     if failures:
         raise RuntimeError(f"{len(failures)} of {workers} fit worker processes failed (exit codes {failures}).")
