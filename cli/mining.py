@@ -78,7 +78,7 @@ def _print_classifier(outcome) -> None:
 def library_train(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="Library name."),
-    per_class: int = typer.Option(100, "--per-class", help="Simulated PDFs per class (Latin hypercube over lattice +-4 % and Uiso)."),
+    per_class: int = typer.Option(100, "--per-class", help="Simulated PDFs per class (Latin hypercube over lattice +-6 % and Uiso)."),
     seed: int = typer.Option(0, "--seed", help="Random seed of the Latin hypercube and the split."),
     mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help=MLFLOW_HELP),
 ) -> None:
@@ -97,7 +97,8 @@ def mine(
     library: str = typer.Option(..., "--library", help="Library to rank (see library list)."),
     top: int = typer.Option(5, "--top", help="How many candidates to keep."),
     method: str = typer.Option("pcc", "--method", help="pcc (correlation with each structure's PDF) or classifier (XGBoost)."),
-    refine: bool = typer.Option(False, "--refine", help="Refine each candidate: scale, lattice expansion, Uiso, particle diameter; Rwp."),
+    refine: bool = typer.Option(False, "--refine", help="Refine every plausible class (the top-k and all within 0.1 of the best correlation): scale, lattice expansion, Uiso, particle diameter; the refined Rwp orders them."),
+    stretch: float = typer.Option(0.06, "--stretch", help="Largest isotropic lattice stretch (relative, 0.06 = ±6 %) over which each structure's correlation is maximised; 0 compares at the catalogue's lattice."),
     per_class: int = typer.Option(100, "--per-class", help="classifier: simulated PDFs per class when it must be trained."),
     seed: int = typer.Option(0, "--seed", help="classifier: random seed of its training."),
     mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help=MLFLOW_HELP),
@@ -106,7 +107,8 @@ def mine(
     from motex_db.mining import mine as mine_dataset
 
     with output.stage_progress("steps") as progress:
-        outcome = mine_dataset(engine_of(ctx), data, library, method, top, refine, seed, per_class, mlflow_uri, progress)
+        outcome = mine_dataset(engine_of(ctx), data, library, method, top, refine, seed, per_class, mlflow_uri, progress,
+                               max_stretch=stretch)
     if outcome.classifier is not None:
         _print_classifier(outcome.classifier)
     what = "correlation" if outcome.method == "pcc" else "probability"
@@ -119,15 +121,19 @@ def mine(
         refined = c.refinement or {}
         rows.append((
             c.rank, c.candidate_id, c.structure, c.formula, c.spacegroup or "", f"{c.class_index} ({c.n_members})",
-            c.score, c.rwp, refined.get("lattice"), refined.get("uiso"), refined.get("diameter"),
+            c.score, "" if c.stretch is None else f"{100 * c.stretch:+.1f} %", c.rwp, refined.get("lattice"),
+            refined.get("uiso"), refined.get("diameter"),
         ))
     output.print_rows(
-        ["rank", "candidate", "structure", "formula", "space group", "class (members)", what, "Rwp", "lattice", "Uiso",
-         "diameter Å"], rows,
+        ["rank", "candidate", "structure", "formula", "space group", "class (members)", what, "stretch", "Rwp",
+         "lattice", "Uiso", "diameter Å"], rows,
     )
     c = outcome.confidence
     numbers = f"best Pearson r {c['best_pcc']:.3f}" + (
+        f" at a lattice stretch of {100 * c['best_stretch']:+.1f} %" if c.get("best_stretch") else "") + (
         f", top-3 probability {c['top3_probability']:.3f}" if "top3_probability" in c else "")
+    if outcome.created and c.get("refined_classes"):
+        console.print(f"refined {c['refined_classes']} plausible classes; ordered by their refined Rwp.")
     if outcome.out_of_catalogue:
         console.print(f"warning: this PDF is probably outside the catalogue ({numbers}); the candidates are unlikely to fit.")
     else:

@@ -30,7 +30,7 @@ import numpy as np
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from motex_db.db import get_named, transaction
+from motex_db.db import get_named, lock_in_transaction, transaction, work_lock
 from motex_db.errors import InputError
 from motex_db.models import Library, LibraryClass, LibraryStructure
 from motex_db.pdf.crystal import MARGIN, crystal_pairs, crystal_pdf
@@ -352,6 +352,15 @@ def add_to_library(
     if not name or not name.strip():
         raise InputError("give the library a name with --name NAME.")
     files = collect_crystal_files(inputs)
+    # two adds to one library take turns: the second then finds the first one's files stored (and
+    # its settings fixed) instead of simulating them again and colliding on the new library's name
+    with work_lock(engine, f"library add {name}"):
+        return _add_files(engine, name, files, on_progress, overrides, started)
+
+
+def _add_files(engine: Engine, name: str, files: list[Path], on_progress, overrides: dict, started: float) -> "AddOutcome":
+    import time
+
     with Session(engine) as session:
         existing = session.exec(select(Library).where(Library.name == name)).first()
         settings = _settings_for(existing, overrides)
@@ -396,9 +405,10 @@ def add_to_library(
                 on_progress(done, len(todo))
         if not entries:
             continue
-        library_id, n_new = _store_batch(engine, name, settings, library_id, entries)
+        library_id, n_new, stored_names = _store_batch(engine, name, settings, library_id, entries)
         new_classes += n_new
-        added.extend(e.name for e in entries)
+        added.extend(stored_names)
+        already += len(entries) - len(stored_names)
     if not added and skipped:
         # nothing readable: refuse, and (batches hold no entry) nothing was written
         raise InputError(
@@ -416,14 +426,28 @@ def add_to_library(
 
 def _store_batch(
     engine: Engine, name: str, settings: LibrarySettings, library_id: Optional[int], entries: list[CrystalEntry]
-) -> tuple[int, int]:
-    """Bundle a batch of simulated entries into the library's classes and write them; returns (library id, new classes)."""
+) -> tuple[int, int, list[str]]:
+    """Bundle a batch of simulated entries into the library's classes and write them.
+
+    Returns (library id, new classes, names of the entries written: those the library did not hold yet).
+    """
     with transaction(engine) as session:
+        # bundling reads the classes and then adds to them: one writer at a time per library
+        lock_in_transaction(session, f"library {name}")
         if library_id is None:
-            library = Library(name=name, settings=settings.to_dict())
-            session.add(library)
-            session.flush()
+            library = session.exec(select(Library).where(Library.name == name)).first()
+            if library is None:
+                library = Library(name=name, settings=settings.to_dict())
+                session.add(library)
+                session.flush()
+            elif LibrarySettings.from_dict(library.settings) != settings:
+                raise InputError(f"library '{name}' was made meanwhile with other settings; add to it again "
+                                 "without the options, or to a new library.")
             library_id = library.id
+        stored = set(session.exec(
+            select(LibraryStructure.content_hash).where(LibraryStructure.library_id == library_id)
+        ).all())
+        entries = [e for e in entries if e.content_hash not in stored]
         reps = session.exec(
             select(LibraryStructure.class_id, LibraryStructure.g)
             .where(LibraryStructure.library_id == library_id)
@@ -461,7 +485,7 @@ def _store_batch(
                 cell=entry.cell, n_atoms=entry.n_atoms, crystal=entry.crystal, g=entry.g,
                 class_id=klass.id, representative=representative,
             ))
-    return library_id, new_classes
+    return library_id, new_classes, [e.name for e in entries]
 
 
 def library_overview(engine: Engine):

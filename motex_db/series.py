@@ -85,7 +85,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from motex_db.datasets import MIN_POINTS, get_series_frames
-from motex_db.db import transaction
+from motex_db.db import lock_in_transaction, transaction
 from motex_db.errors import InputError
 from motex_db.models import ComponentWeight, Dataset, SeriesComponent, SeriesDecomposition
 
@@ -338,6 +338,9 @@ def decompose_series(engine: Engine, series: str, components="auto", rmin: Optio
 
     try:
         with transaction(engine) as session:
+            # component datasets are named after what is free: two decompositions storing at once take
+            # turns (PostgreSQL; SQLite's write lock does it already), so the second sees the first's names
+            lock_in_transaction(session, "series decomposition")
             if session.exec(select(SeriesDecomposition.id).where(SeriesDecomposition.inputs_hash == inputs_hash)).first():
                 raise _AlreadyStored()
             row = SeriesDecomposition(

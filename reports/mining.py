@@ -1,7 +1,7 @@
 """The report's structure-mining sections: for a dataset mined against a library, the ranked candidates and their fits.
 
 One section per (dataset, library, method), from its latest mining result: a
-table of the candidates (CIF name, formula, score, refined parameters, Rwp)
+table of the candidates (CIF name, formula, score, lattice stretch, refined parameters, Rwp)
 and, for the first three, the measured G(r) against the candidate's refined
 crystal PDF. Candidates mined without ``--refine`` are refined here with the
 same quick refinement (it takes a fraction of a second each), so every figure
@@ -72,7 +72,8 @@ def _fit_figure(view: MiningView, candidate: MiningCandidate, structure: Library
                                    params.get("qmin"), params.get("qmax"), params.get("qdamp"), start=params)
     else:
         qmin, qmax, qdamp = q_settings(view.dataset, settings)
-        refined = refine_candidate(structure.crystal, settings, view.dataset.r, view.dataset.g, qmin, qmax, qdamp)
+        refined = refine_candidate(structure.crystal, settings, view.dataset.r, view.dataset.g, qmin, qmax, qdamp,
+                                   stretch=candidate.stretch)
     difference = refined.g_obs - refined.g_calc
     offset = float(min(refined.g_obs.min(), refined.g_calc.min()) - 1.2 * np.abs(difference).max())
     fig = go.Figure()
@@ -97,15 +98,18 @@ def mining_section(view: MiningView, anchor: str) -> str:
     rows = []
     for candidate, structure in view.candidates:
         p = candidate.params or {}
+        stretch = "—" if candidate.stretch is None else f"{100 * candidate.stretch:+.1f} %"
         rows.append((candidate.rank, candidate.id, structure.name, structure.formula, structure.spacegroup or "—",
-                     number(candidate.score, ".3f"), number(candidate.rwp, ".3f"), number(p.get("lattice"), ".4f"),
+                     number(candidate.score, ".3f"), stretch, number(candidate.rwp, ".3f"), number(p.get("lattice"), ".4f"),
                      number(p.get("uiso"), ".4f"), number(p.get("diameter"), ".0f") if p else "—"))
     table = table_html(
-        ["rank", "candidate", "structure (CIF)", "formula", "space group", score, "Rwp", "lattice", "Uiso (Å²)",
-         "diameter (Å)"], rows, numeric=[True, True, False, False, False, True, True, True, True, True],
+        ["rank", "candidate", "structure (CIF)", "formula", "space group", score, "stretch", "Rwp", "lattice",
+         "Uiso (Å²)", "diameter (Å)"], rows, numeric=[True, True, False, False, False, True, True, True, True, True, True],
     )
     confidence = result.confidence or {}
     numbers = f"best Pearson r {confidence.get('best_pcc', float('nan')):.3f}"
+    if confidence.get("best_stretch"):
+        numbers += f" at a lattice stretch of {100 * confidence['best_stretch']:+.1f} %"
     if "top3_probability" in confidence:
         numbers += f", top-3 probability {confidence['top3_probability']:.3f}"
     verdict = (f'<p><b>Warning: this PDF is probably outside the catalogue</b> ({esc(numbers)}): no candidate '

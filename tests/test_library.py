@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from support import snapshot
+from support import query, snapshot
 
 
 def _rocksalt(a: float = 5.64):
@@ -223,3 +223,36 @@ def test_partially_occupied_sites_keep_every_species_with_its_occupancy(motex, d
     assert result.exit_code == 0 and "added 2 structures" in result.stdout, result.output
     formulas = motex("sql", "SELECT formula FROM library_structure ORDER BY name", "--csv", db=db_url).stdout
     assert formulas.split() == ["formula", "Co2Fe2O4", "Ni3.6O4"]
+
+
+def started_together(*commands: list, db: str, cwd) -> list:
+    """Run several real ``motex-db`` processes at once; their results in the order given."""
+    import os
+    import subprocess
+
+    from support import CliResult, motex_executable
+
+    processes = [subprocess.Popen([motex_executable(), "--db", db, *map(str, command)], cwd=cwd, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=dict(os.environ))
+                 for command in commands]
+    results = []
+    for process in processes:
+        out, err = process.communicate(timeout=600)
+        results.append(CliResult(process.returncode, out, err))
+    return results
+
+
+def test_two_adds_creating_one_library_at_once_take_turns(db_url, tmp_path):
+    """The second waits for the first, then finds its files stored: one library, each structure once, no traceback."""
+    _cifs(tmp_path / "cifs", ["rocksalt_MgO", "rocksalt_NiO", "rutile_TiO2", "fluorite_CeO2"])
+    assert started_together(["init"], db=db_url, cwd=tmp_path)[0].exit_code == 0  # the schema first: not the race here
+    first, second = started_together(["library", "add", "cifs", "--name", "new"], ["library", "add", "cifs", "--name", "new"],
+                                      db=db_url, cwd=tmp_path)
+    for result in (first, second):
+        assert result.exit_code == 0 and "Traceback" not in result.stderr, result.output
+    outputs = sorted([first.stdout, second.stdout], key=lambda text: "created library" not in text)
+    assert "created library 'new': added 4 structures" in outputs[0]
+    assert "added 0 structures" in outputs[1] and "4 already stored" in outputs[1]
+    rows = query(db_url, "SELECT l.name, count(*) FROM library_structure s JOIN library l ON l.id = s.library_id GROUP BY l.name")
+    assert rows == [("new", 4)]
+    assert query(db_url, "SELECT count(*) FROM library_class") == [(4,)]

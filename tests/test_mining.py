@@ -1,10 +1,16 @@
 """`motex-db mine` and `structure add --from-candidate` on a library the project generates itself.
 
-The library: 42 CIFs written with ase.spacegroup.crystal (rocksalt, fluorite,
-spinel, perovskite, rutile, wurtzite, corundum, six compositions each). The
-"measured" PDFs: 3 nm particles of library structures computed as discrete
-clusters (an engine independent of the library's crystal engine) with a lower
-Qmax (20 instead of 25 Å^-1) and 2 % noise, and an amorphous-like PDF.
+The library: 48 CIFs written with ase.spacegroup.crystal (rocksalt, fluorite,
+spinel, inverse spinel, perovskite, rutile, wurtzite, corundum, six
+compositions each). The "measured" PDFs: 3 nm particles of library structures
+computed as discrete clusters (an engine independent of the library's crystal
+engine) with a lower Qmax (20 instead of 25 Å^-1) and 2 % noise, and an
+amorphous-like PDF.
+
+The lattice-aware tests use the mining test catalogue
+(``motex_db.crystal_examples.mining_catalogue``: two compositions of each of
+eight types) against particles of other compositions whose lattices are 2-5 %
+off every catalogue entry of their type, 2-4 nm across, Qmax 18 Å^-1.
 """
 
 from __future__ import annotations
@@ -15,13 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from support import run_cli, snapshot
+from support import query, run_cli, snapshot
 
 LIBRARY = "oxides"
 PARTICLES = {"spinel_CoFe2O4": "spinel", "wurtzite_ZnO": "wurtzite", "corundum_Fe2O3": "corundum"}
-# the classifier's library: three of the types (17 classes), 30 PDFs per class instead of the seed's 100, for speed
-CLASSIFIER_LIBRARY = "three-types"
-CLASSIFIER_TYPES = ("spinel", "wurtzite", "corundum")
+# the lattice-aware tests' catalogue (16 CIFs); the classifier on it with 30 PDFs per class instead of 100, for speed
+CATALOGUE = "catalogue"
 PER_CLASS = 30
 
 
@@ -43,16 +48,14 @@ def write_measured(folder: Path, names=None) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def record(tmp_path_factory) -> str:
-    """A SQLite record holding the generated library, a smaller one for the classifier, and the measured PDFs (~10 s)."""
-    from motex_db.crystal_examples import example_crystals, write_example_cifs
+    """A SQLite record holding the generated library and the measured PDFs (~10 s)."""
+    from motex_db.crystal_examples import write_example_cifs
 
     folder = tmp_path_factory.mktemp("mining")
     write_example_cifs(folder / "cifs")
-    write_example_cifs(folder / "four", [c for c in example_crystals() if c[0].startswith(CLASSIFIER_TYPES)])
     url = f"sqlite:///{folder / 'motex.db'}"
-    for path, name in ((folder / "cifs", LIBRARY), (folder / "four", CLASSIFIER_LIBRARY)):
-        result = run_cli("library", "add", path, "--name", name, db=url)
-        assert result.exit_code == 0, result.output
+    result = run_cli("library", "add", folder / "cifs", "--name", LIBRARY, db=url)
+    assert result.exit_code == 0, result.output
     for name, path in write_measured(folder).items():
         assert run_cli("data", "add", path, "--name", name, db=url).exit_code == 0
     return url
@@ -75,39 +78,20 @@ def test_pcc_ranks_the_true_structure_type_first_and_refines_it(record, stem):
     assert f"{stem}.cif" in result.stdout  # candidates are shown by their CIF file name
     top3 = [row[2] for row in rows[:3]]
     assert any(name.startswith(PARTICLES[stem]) for name in top3), top3
-    assert rows[0][2] == f"{stem}.cif"  # the exact structure is in the library: it comes first
-    # its refinement finds the particle: Rwp near the noise level, the lattice unchanged, a 3 nm diameter
+    # the exact structure is in the library; with the lattice free, a composition of its type whose X-ray
+    # contrast is the same (NiFe2O4 for CoFe2O4: Ni and Co differ by one electron) can fit as well
+    assert rows[0][2].startswith(PARTICLES[stem]) and f"{stem}.cif" in top3, top3
+    # the first one's refinement finds the particle: Rwp near the noise level, the particle's own lattice, 3 nm
     params = run_cli("sql", f"SELECT params FROM mining_candidate WHERE id = {rows[0][1]}", "--csv", db=record).stdout
     lattice = float(re.search(r'""lattice"": ([0-9.]+)', params).group(1))
     diameter = float(re.search(r'""diameter"": ([0-9.]+)', params).group(1))
-    assert float(rows[0][4]) < 0.2 and abs(lattice - 1) < 0.005 and 25 < diameter < 36, params
+    from motex_db.crystal_examples import example_crystals
+
+    crystals = dict(example_crystals())
+    found = crystals[rows[0][2].removesuffix(".cif")].cell.lengths()[0] * lattice
+    assert float(rows[0][4]) < 0.2 and found == pytest.approx(crystals[stem].cell.lengths()[0], rel=0.005), params
+    assert 25 < diameter < 36, params
     assert all(float(row[4]) > float(rows[0][4]) for row in rows[1:] if not row[2].startswith(PARTICLES[stem]))
-
-
-def test_classifier_finds_the_type_and_flags_an_amorphous_pdf(record):
-    from motex_db.tracking import open_tracker
-
-    for stem, kind in PARTICLES.items():
-        result = run_cli("mine", stem, "--library", CLASSIFIER_LIBRARY, "--method", "classifier", "--per-class", PER_CLASS,
-                         db=record)
-        assert result.exit_code == 0, result.output
-        top3 = [row[2] for row in candidates(record, stem, "classifier")[:3]]
-        assert any(name.startswith(kind) for name in top3), (stem, top3)
-        assert "probably outside the catalogue" not in result.stdout
-    # trained once (the first call), reused by the others, tracked in MLflow
-    assert "reusing classifier" in result.stdout
-    rows = run_cli("sql", "SELECT n_classes, metrics, mlflow_run_id FROM library_classifier", "--csv", db=record).stdout
-    assert len(rows.splitlines()) == 2 and '""top3_accuracy""' in rows
-    run_id = re.search(r"\b[0-9a-f]{32}\b", rows).group(0)
-    run = open_tracker(record).client.get_run(run_id)
-    assert run.data.tags["library"] == CLASSIFIER_LIBRARY and run.data.metrics["test_top3_accuracy"] > 0.8
-
-    for method in ("classifier", "pcc"):
-        extra = ["--per-class", PER_CLASS] if method == "classifier" else []
-        result = run_cli("mine", "amorphous", "--library", CLASSIFIER_LIBRARY, "--method", method, *extra, db=record)
-        assert result.exit_code == 0, result.output
-        assert "warning: this PDF is probably outside the catalogue" in result.stdout, (method, result.stdout)
-        assert candidates(record, "amorphous", method)[0][5] in ("1", "True", "true")
 
 
 def test_mining_again_reuses_the_stored_ranking(record):
@@ -121,7 +105,7 @@ def test_mining_again_reuses_the_stored_ranking(record):
 
 def test_the_best_candidate_becomes_a_starting_model_for_ml_motex(record, tmp_path):
     rows = candidates(record, "spinel_CoFe2O4", "pcc")
-    candidate = rows[0][1]
+    candidate = next(row[1] for row in rows if row[2] == "spinel_CoFe2O4.cif")
     result = run_cli("structure", "add", "--from-candidate", candidate, "--name", "cofe-np", "--permute", "Co",
                      "--permute", "Fe", "--radius", "7", db=record)
     assert result.exit_code == 0, result.output
@@ -269,3 +253,223 @@ def test_a_candidate_with_mixed_sites_is_refused_as_a_starting_model(motex, db_u
     assert result.exit_code == 2, result.output
     assert f"candidate {candidate} (CoFeO2.cif) has partially occupied sites (Co 0.5, Fe 0.5)" in result.stderr
     assert snapshot(db_url) == before
+
+
+# ---------------------------------------------------------------- the right type when the lattice is not the catalogue's
+
+TARGET_QMAX = 18.0
+
+
+def _coordination(atoms, index: int, cutoff: float = 2.3) -> int:
+    distances = atoms.get_distances(index, range(len(atoms)), mic=True)
+    oxygen = np.array(atoms.get_chemical_symbols()) == "O"
+    return int(((distances > 0.1) & (distances < cutoff) & oxygen).sum())
+
+
+def test_spinel_fixtures_put_the_cations_on_8a_and_16d_of_origin_choice_2():
+    """Tetrahedral 8a (4 O), octahedral 16d (6 O); the same coordinates read in origin choice 1 would not be a spinel."""
+    from ase.spacegroup import crystal
+
+    from motex_db.crystal_examples import example_crystals, mining_catalogue, mining_targets
+
+    spinels = [(s, a) for s, a in example_crystals() + mining_catalogue() if "spinel" in s]
+    spinels += [(s, a) for s, _, a, _ in mining_targets() if "spinel" in s]
+    assert len(spinels) >= 16
+    for stem, atoms in spinels:
+        assert len(atoms) == 56, stem
+        frac = atoms.get_scaled_positions()
+        site_8a = [k for k, f in enumerate(frac) if np.allclose(f, 0.125)]
+        site_16d = [k for k, f in enumerate(frac) if np.allclose(f, 0.5)]
+        assert len(site_8a) == len(site_16d) == 1, stem
+        assert _coordination(atoms, site_8a[0]) == 4 and _coordination(atoms, site_16d[0]) == 6, stem
+        occupancy = atoms.info.get("occupancy", {})
+        kinds = atoms.arrays["spacegroup_kinds"]
+        mixed_16d = len(occupancy.get(str(kinds[site_16d[0]]), {})) == 2
+        assert mixed_16d == stem.startswith(("inverse_spinel", "np_inverse_spinel")), stem
+    # the check can fail: origin-2 coordinates built in origin choice 1 put 16 cations on a 6-fold site and 8 nowhere near 4 O
+    wrong = crystal(["Mg", "Al", "O"], [(0.125,) * 3, (0.5,) * 3, (0.2625,) * 3], spacegroup=227, setting=1,
+                    cellpar=[8.08] * 3 + [90] * 3)
+    symbols = np.array(wrong.get_chemical_symbols())
+    assert (symbols == "Mg").sum() == 16 and _coordination(wrong, int(np.flatnonzero(symbols == "Al")[0])) != 6
+
+
+def test_the_targets_are_2_to_5_percent_off_every_catalogue_entry_of_their_type():
+    from motex_db.crystal_examples import mining_catalogue, mining_targets
+
+    catalogue = mining_catalogue()
+    targets = mining_targets()
+    assert {kind for _, kind, _, _ in targets} == {"rocksalt", "fluorite", "spinel", "inverse_spinel", "perovskite", "rutile"}
+    for stem, kind, atoms, diameter in targets:
+        assert 20 <= diameter <= 40
+        same = [a for s, a in catalogue if s.rsplit("_", 1)[0] == kind]
+        assert len(same) == 2 and stem.split("_", 1)[1] not in {s for s, _ in catalogue}
+        offsets = [np.abs(atoms.cell.lengths() / a.cell.lengths() - 1) for a in same]
+        assert all(o.min() >= 0.019 for o in offsets), (stem, offsets)
+        assert min(o.max() for o in offsets) <= 0.05, (stem, offsets)
+
+
+def test_the_stretch_scan_follows_the_crystal_engine_and_cannot_miss_the_maximum():
+    """The stretched stored PDF against the crystal engine at the stretched lattice; the grid step at 30 Å."""
+    from motex_db.crystal_examples import mining_catalogue, nanoparticle_pdf, mining_targets
+    from motex_db.library import LibrarySettings, crystal_from_record, pearson, read_crystal, simulate_entry
+    from motex_db.mining import (MAX_STRETCH, measured_on_grid, stretch_grid, stretch_window,
+                                 stretched_correlations)
+    from motex_db.pdf.crystal import crystal_pairs, crystal_pdf
+    import tempfile
+
+    settings = LibrarySettings()
+    stem, kind, atoms, diameter = [t for t in mining_targets() if t[1] == "spinel"][0]
+    r = np.arange(0.5, 30.0001, 0.02)
+    g = nanoparticle_pdf(atoms, r, diameter=diameter, qmax=TARGET_QMAX, seed=0)
+    measured, covered = measured_on_grid(r, g, settings)
+    window = stretch_window(covered, settings, MAX_STRETCH)
+    stretches = stretch_grid(settings, MAX_STRETCH)
+    # a step moves a peak at 30 Å by half a library peak width (sqrt(2 Uiso) = 0.14 Å)
+    assert settings.r[window].max() >= 28 and (stretches[1] - stretches[0]) * 30 <= 0.071
+    assert stretches[0] == pytest.approx(-0.06) and stretches[-1] == pytest.approx(0.06)
+    with tempfile.TemporaryDirectory() as folder:
+        from motex_db.crystal_examples import write_example_cifs
+
+        path = write_example_cifs(folder, [c for c in mining_catalogue() if c[0] == "spinel_ZnCr2O4"])[0]
+        crystal = read_crystal(path).crystal
+    morphed = stretched_correlations(simulate_entry(crystal, settings)[None, :], measured, window, settings, stretches)[0]
+    symbols, cell, frac, occupancies = crystal_from_record(crystal)
+    pairs = crystal_pairs(symbols, cell, frac, occupancies, reach=settings.reach, min_scale=0.93, group="distance")
+    exact = pearson(crystal_pdf(pairs, settings.r[window], qmin=settings.qmin, qmax=settings.qmax, qdamp=settings.qdamp,
+                                uiso=settings.uiso, scales=1.0 + stretches), measured[window])
+    assert np.abs(morphed - exact).max() < 0.02
+    # the maximum is where the lattices meet: 8.69 / 8.33 - 1 = +4.3 %
+    assert stretches[np.argmax(exact)] == pytest.approx(8.69 / 8.33 - 1, abs=0.005)
+    assert stretches[np.argmax(morphed)] == pytest.approx(8.69 / 8.33 - 1, abs=0.005)
+    assert exact.max() > 0.8 and exact[np.argmin(np.abs(stretches))] < 0.3  # at the catalogue's lattice: no match
+
+
+@pytest.fixture(scope="module")
+def catalogue(tmp_path_factory) -> str:
+    """A SQLite record with the mining test catalogue and its targets (2-4 nm, lattices 2-5 % off) (~15 s)."""
+    from motex_db.crystal_examples import amorphous_pdf, mining_catalogue, mining_targets, nanoparticle_pdf, write_example_cifs
+    from motex_db.datasets import write_gr
+
+    folder = tmp_path_factory.mktemp("catalogue")
+    write_example_cifs(folder / "cifs", mining_catalogue())
+    url = f"sqlite:///{folder / 'motex.db'}"
+    assert run_cli("library", "add", folder / "cifs", "--name", CATALOGUE, db=url).exit_code == 0
+    r = np.arange(0.5, 30.0001, 0.02)
+    header = {"qmin": 0.8, "qmax": TARGET_QMAX, "qdamp": 0.03}
+    for k, (stem, kind, atoms, diameter) in enumerate(mining_targets()):
+        g = nanoparticle_pdf(atoms, r, diameter=diameter, qmin=0.8, qmax=TARGET_QMAX, qdamp=0.03, noise=0.02, seed=k)
+        path = write_gr(folder / f"{stem}.gr", r, g, header, stem)
+        assert run_cli("data", "add", path, "--name", stem, db=url).exit_code == 0
+    path = write_gr(folder / "amorphous.gr", r, amorphous_pdf(r), header, "amorphous")
+    assert run_cli("data", "add", path, "--name", "amorphous", db=url).exit_code == 0
+    return url
+
+
+TARGETS = ["np_rocksalt_FeO", "np_fluorite_ThO2", "np_spinel_CdFe2O4", "np_inverse_spinel_SnZn2O4", "np_perovskite_KNbO3",
+           "np_rutile_MnO2"]
+
+
+def _type(structure: str) -> str:
+    return structure.rsplit("_", 1)[0]
+
+
+def _ranked(url: str, dataset: str, method: str) -> list[list[str]]:
+    """The latest ranking's rows: rank, structure, score, stretch, rwp, out_of_catalogue."""
+    text = run_cli("sql", f"SELECT rank, structure, score, stretch, rwp, out_of_catalogue FROM mined_candidate WHERE "
+                   f"dataset = '{dataset}' AND method = '{method}' ORDER BY mining_result_id DESC, rank", "--csv",
+                   db=url).stdout
+    rows = [line.split(",") for line in text.splitlines()[1:]]
+    return rows[: next((k for k in range(1, len(rows)) if rows[k][0] == "1"), len(rows))]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_lattice_aware_pcc_ranks_the_type_and_refine_puts_it_first(catalogue, target):
+    kind = target.split("_", 1)[1].rsplit("_", 1)[0]
+    result = run_cli("mine", target, "--library", CATALOGUE, "--top", "3", db=catalogue)
+    assert result.exit_code == 0, result.output
+    assert "probably outside the catalogue" not in result.stdout and "at a lattice stretch of" in result.stdout
+    rows = _ranked(catalogue, target, "pcc")
+    assert kind in [_type(row[1].removesuffix(".cif")) for row in rows], rows
+    # the stretch is stored with each candidate: the right type's is where its lattice meets the target's
+    right = next(row for row in rows if _type(row[1].removesuffix(".cif")) == kind)
+    assert 0.015 <= abs(float(right[3])) <= 0.06, right
+
+    refined = run_cli("mine", target, "--library", CATALOGUE, "--top", "3", "--refine", db=catalogue)
+    assert refined.exit_code == 0, refined.output
+    assert "plausible classes; ordered by their refined Rwp" in refined.stdout
+    rows = _ranked(catalogue, target, "pcc")
+    assert _type(rows[0][1].removesuffix(".cif")) == kind, rows
+    rwp = [float(row[4]) for row in rows]
+    assert rwp == sorted(rwp) and rwp[0] < 0.3, rows
+
+
+def test_at_the_catalogue_lattice_pcc_misses_what_the_stretch_finds(catalogue):
+    """--stretch 0 is the old comparison: the spinel particle 4.3 % off its type gets an unrelated ranking."""
+    result = run_cli("mine", "np_spinel_CdFe2O4", "--library", CATALOGUE, "--top", "3", "--stretch", "0", db=catalogue)
+    assert result.exit_code == 0, result.output
+    rows = _ranked(catalogue, "np_spinel_CdFe2O4", "pcc")
+    assert "spinel" not in [_type(row[1].removesuffix(".cif")) for row in rows], rows
+    assert "warning: this PDF is probably outside the catalogue" in result.stdout
+
+
+def test_the_classifier_ranks_each_type_and_both_methods_flag_the_amorphous_pdf(catalogue):
+    from motex_db.tracking import open_tracker
+
+    for target in TARGETS:
+        kind = target.split("_", 1)[1].rsplit("_", 1)[0]
+        result = run_cli("mine", target, "--library", CATALOGUE, "--method", "classifier", "--per-class", PER_CLASS,
+                         "--top", "3", db=catalogue)
+        assert result.exit_code == 0, result.output
+        rows = _ranked(catalogue, target, "classifier")
+        assert kind in [_type(row[1].removesuffix(".cif")) for row in rows], (target, rows)
+        assert all(row[3] for row in rows)  # every candidate has its stretch too
+    # trained once (the first call), reused by the others, tracked in MLflow
+    assert "reusing classifier" in result.stdout
+    rows = run_cli("sql", "SELECT n_classes, metrics, mlflow_run_id FROM library_classifier", "--csv", db=catalogue).stdout
+    assert len(rows.splitlines()) == 2 and '""top3_accuracy""' in rows
+    run_id = re.search(r"\b[0-9a-f]{32}\b", rows).group(0)
+    run = open_tracker(catalogue).client.get_run(run_id)
+    assert run.data.tags["library"] == CATALOGUE and run.data.metrics["test_top3_accuracy"] > 0.8
+    assert run.data.params["lattice_range"] == "0.06"
+
+    # --refine with the classifier refines the union of both top-3s and orders by Rwp
+    result = run_cli("mine", "np_spinel_CdFe2O4", "--library", CATALOGUE, "--method", "classifier", "--per-class",
+                     PER_CLASS, "--top", "3", "--refine", db=catalogue)
+    assert result.exit_code == 0, result.output
+    rows = _ranked(catalogue, "np_spinel_CdFe2O4", "classifier")
+    assert _type(rows[0][1].removesuffix(".cif")) == "spinel", rows
+
+    for method in ("classifier", "pcc"):
+        extra = ["--per-class", PER_CLASS] if method == "classifier" else []
+        result = run_cli("mine", "amorphous", "--library", CATALOGUE, "--method", method, *extra, db=catalogue)
+        assert result.exit_code == 0, result.output
+        assert "warning: this PDF is probably outside the catalogue" in result.stdout, (method, result.stdout)
+        assert _ranked(catalogue, "amorphous", method)[0][5] in ("1", "True", "true")
+
+
+def test_the_same_training_and_mining_started_twice_at_once_wait_and_reuse(db_url, tmp_path):
+    """Two `library train` and then two `mine` on the same inputs: one does the work, the other waits and reuses it."""
+    from test_library import started_together
+
+    from motex_db.crystal_examples import mining_catalogue, write_example_cifs
+
+    write_example_cifs(tmp_path / "cifs", [c for c in mining_catalogue() if c[0] in ("rocksalt_MgO", "rutile_TiO2",
+                                                                                          "perovskite_SrTiO3")])
+    files = write_measured(tmp_path, [])
+    assert started_together(["init"], db=db_url, cwd=tmp_path)[0].exit_code == 0
+    for command in (["library", "add", "cifs", "--name", "lib"], ["data", "add", files["amorphous"], "--name", "glass"]):
+        assert started_together(command, db=db_url, cwd=tmp_path)[0].exit_code == 0
+
+    trained = started_together(*[["library", "train", "lib", "--per-class", "10"]] * 2, db=db_url, cwd=tmp_path)
+    for result in trained:
+        assert result.exit_code == 0 and "Traceback" not in result.stderr, result.output
+    assert sorted(r.stdout.split()[0] for r in trained) == ["reusing", "trained"], [r.stdout for r in trained]
+    assert query(db_url, "SELECT count(*) FROM library_classifier") == [(1,)]
+
+    for method in ("pcc", "classifier"):
+        mined = started_together(*[["mine", "glass", "--library", "lib", "--method", method, "--per-class", "10"]] * 2,
+                                 db=db_url, cwd=tmp_path)
+        for result in mined:
+            assert result.exit_code == 0 and "Traceback" not in result.stderr, result.output
+        assert sum("was already mined" in r.stdout for r in mined) == 1, [r.stdout for r in mined]
+        assert query(db_url, f"SELECT count(*) FROM mining_result WHERE method = '{method}'") == [(1,)]

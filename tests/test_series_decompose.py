@@ -297,3 +297,28 @@ def test_report_draws_a_decomposed_series_without_fits(tmp_path, motex, two_moti
     ids = re.findall(r'<div id="([^"]+)" class="plotly-graph-div"', text)
     assert ids == ["series-0-pca", "series-0-weights", "series-0-correlation"]
     assert "2 NMF components (growth_nmf2_c1, growth_nmf2_c2)" in text
+
+
+def test_two_decompositions_racing_for_one_component_name_both_succeed(db_url, motex, two_motif, tmp_path):
+    """Two real processes started together: different decompositions want growth_nmf2_c1; identical ones share one row."""
+    from test_library import started_together
+
+    add_series(motex, db_url, two_motif)
+    first, second = started_together(["series", "decompose", SERIES, "--components", "2", "--rmin", "1.5"],
+                                     ["series", "decompose", SERIES, "--components", "2", "--rmin", "2"],
+                                     db=db_url, cwd=tmp_path)
+    for result in (first, second):
+        assert result.exit_code == 0 and "Traceback" not in result.stderr, result.output
+        assert f"decomposed series '{SERIES}'" in result.stdout
+    engine_url = db_url
+    from support import query
+
+    names = sorted(row[0] for row in query(engine_url, "SELECT name FROM dataset WHERE series IS NULL"))
+    assert len(names) == 4 and {"growth_nmf2_c1", "growth_nmf2_c2"} <= set(names), names
+
+    same = started_together(*[["series", "decompose", SERIES, "--components", "2", "--rmin", "3"]] * 2, db=db_url,
+                            cwd=tmp_path)
+    for result in same:
+        assert result.exit_code == 0 and "Traceback" not in result.stderr, result.output
+    assert sum("was already decomposed this way" in r.stdout for r in same) == 1, [r.stdout for r in same]
+    assert query(engine_url, "SELECT count(*) FROM series_decomposition") == [(3,)]
