@@ -1,7 +1,8 @@
 """The ``motex-db`` command: parses, calls motex_db, prints.
 
-Exit codes: 0 on success, 2 on bad input, a refused operation or a misused
-command line (one sentence on stderr), 130 when interrupted, 1 on an internal error.
+Exit codes: 0 on success, 2 on bad input, a refused operation, a misused
+command line or a failing database or disk (one sentence on stderr), 130 when
+interrupted, 1 on an internal error.
 """
 
 from __future__ import annotations
@@ -301,6 +302,15 @@ def _run() -> None:
     except KeyboardInterrupt:
         _report_interrupted()
         sys.exit(130)
+    except Exception as exc:
+        # the database or the disk failing under a command (a lost connection, a full disk): one sentence
+        from motex_db.db import failure_message
+
+        message = failure_message(exc)
+        if message is None:
+            raise
+        output.error(message)
+        sys.exit(2)
     # Without standalone mode, Typer 0.29 returns the code of an Exit it caught: 0 after
     # --help or --version, 130 after Ctrl-C (which it turns into Exit(130) silently).
     if code == 130:
