@@ -61,6 +61,28 @@ def root(
     ctx.obj = {"db": db}
 
 
+def shell_hint(command: str) -> str:
+    """``command`` as the user types it, behind the venv's activation when ``motex-db`` is not on PATH.
+
+    The README's choice: commands run in the activated environment, which puts ``motex-db``
+    (and ``mlflow``) on PATH; a hint printed from outside it says how to get there.
+    """
+    import shutil
+
+    here = Path(sys.executable).parent
+    found = shutil.which("motex-db")
+    if found and Path(found).resolve().parent == here.resolve():
+        return command
+    activate = here / "activate"
+    if not activate.exists():
+        return command
+    try:
+        activate = activate.relative_to(Path.cwd())
+    except ValueError:
+        pass
+    return f"source {activate} && {command}"
+
+
 def engine_of(ctx: typer.Context, create: bool = True):
     from motex_db.db import open_engine
 
@@ -101,10 +123,14 @@ def status(
         return
     output.print_frame(frame, title="status")
     if frame["trained_models"].sum() > 0:
+        from motex_db.cli.ui import ui_hint
         from motex_db.tracking import tracking_location
 
         location = tracking_location(record.engine.url.render_as_string(hide_password=False), mlflow_uri)
-        console.print(f"MLflow tracking: {safe_url(location.tracking_uri)}; open the UI with:\n  {location.ui_command}")
+        console.print(
+            f"MLflow tracking: {safe_url(location.tracking_uri)}; compare the training runs in MLflow's UI with:\n"
+            f"  {ui_hint(ctx.obj['db'], mlflow_uri)}"
+        )
 
 
 @structure_app.command("add")
@@ -319,4 +345,4 @@ def _run() -> None:
 
 
 # The step commands register themselves on `app`.
-from motex_db.cli import environments, mining, polish, report, series, steps  # noqa: E402,F401
+from motex_db.cli import environments, mining, polish, report, series, steps, ui  # noqa: E402,F401

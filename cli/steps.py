@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from motex_db.cli.app import MLFLOW_HELP, app, engine_of
+from motex_db.cli.app import MLFLOW_HELP, app, engine_of, shell_hint
 from motex_db.cli import output
 from motex_db.cli.output import console
 from motex_db.errors import InputError
@@ -121,7 +121,10 @@ def demo(
     url = run_demo(directory, url=ctx.obj["db"], on_step=console.print)
     written = write_report(open_engine(url), Path(directory) / "report.html")
     console.print(f"report: {written.path} (open it in a browser)")
-    console.print(f"done: look at the record with  motex-db --db {url} status")
+    console.print(
+        "done: look at the record and its MLflow runs with\n"
+        f"  {shell_hint(f'motex-db --db {url} status')}\n  {shell_hint(f'motex-db --db {url} ui')}"
+    )
 
 
 def _parse_pair(text: Optional[str], option: str) -> Optional[tuple[float, float]]:

@@ -94,7 +94,7 @@ def run_demo(
         trained = train_model(engine, STRUCTURE_NAME, DATASET_NAME, n_iter=DEMO_SEARCH_ITERATIONS, seed=0)
         on_step(
             f"trained model {trained.trained_model_id} on {trained.n_motifs} fits: test MAE {trained.metrics['mae']:.4f} "
-            f"in Rwp; MLflow: {trained.ui_command}"
+            f"in Rwp; MLflow run {trained.mlflow_run_id}"
         )
     if "explain" in steps:
         from motex_db.explain import explain_model
