@@ -172,12 +172,35 @@ def stretch_matrix(points: np.ndarray, settings: LibrarySettings, stretch: float
 def stretched_correlations(
     g_library: np.ndarray, measured: np.ndarray, window: np.ndarray, settings: LibrarySettings, stretches: np.ndarray
 ) -> np.ndarray:
-    """Pearson r (n_structures, n_stretches) of each library PDF, stretched, with the data on ``window``."""
+    """Pearson r (n_structures, n_stretches) of each library PDF, stretched, with the data on ``window``.
+
+    Without forming the stretched PDFs y = M g: with the data centred (m),
+    sum y m = g . (M^T m), sum y = g . (M^T 1) and sum y^2 = g^T (M^T M) g,
+    where M^T M has 7 diagonals (4-point interpolation): three matrix
+    products for the whole library and every stretch.
+    """
     points, target = settings.r[window], measured[window]
-    out = np.empty((g_library.shape[0], len(stretches)))
+    centred = target - target.mean()
+    n, n_grid = points.size, settings.r.size
+    lags = range(4)
+    cross = np.empty((n_grid, len(stretches)))
+    total = np.empty((n_grid, len(stretches)))
+    diagonals = np.empty((sum(n_grid - d for d in lags), len(stretches)))
     for k, stretch in enumerate(stretches):
-        out[:, k] = pearson((stretch_matrix(points, settings, float(stretch)) @ g_library.T).T, target)
-    return out
+        m = stretch_matrix(points, settings, float(stretch))
+        cross[:, k] = m.T @ centred
+        total[:, k] = m.T @ np.ones(n)
+        square = (m.T @ m).tocsr()
+        diagonals[:, k] = np.concatenate([square.diagonal(d) * (1 if d == 0 else 2) for d in lags])
+    g = np.asarray(g_library, dtype=float)
+    lagged = np.concatenate([g[:, : n_grid - d] * g[:, d:] for d in lags], axis=1)
+    sum_y = g @ total
+    variance = lagged @ diagonals - sum_y**2 / n
+    covariance = g @ cross
+    denominator = np.sqrt(np.maximum(variance, 0.0) * float(centred @ centred))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = covariance / denominator
+    return np.where(denominator > 0, r, 0.0)
 
 
 def best_stretch(
