@@ -265,6 +265,19 @@ def print_train_outcome(outcome) -> None:
         console.print(f"MLflow run {outcome.mlflow_run_id}; open the UI with:\n  {outcome.ui_command}")
 
 
+def print_environment_contributions(rows: list[dict]) -> None:
+    """The contributions per environment class (motex_db.environments.contributions_per_environment)."""
+    if all(row["n_atoms"] == 1 for row in rows):
+        console.print("every permutable atom has an environment of its own: no class to average over.")
+        return
+    print_rows(
+        ["class", "element", "atoms", "mean contribution", "spread (std)", "lowest", "highest"],
+        [(row["class"], row["element"], ", ".join(map(str, row["atoms"])), row["mean"], row["std"], row["min"], row["max"])
+         for row in rows],
+        title="contributions per environment class (atoms whose k-NN distances agree: images under the model's symmetry)",
+    )
+
+
 def print_explain_outcome(outcome, files) -> None:
     table = outcome.contributions.sort_values("contribution")
     verb = "explained" if outcome.created else "contributions already stored for"

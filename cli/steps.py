@@ -300,6 +300,11 @@ def explain(
         files.update(export_mlmotex_files(engine, outcome.trained_model_id, out or Path(scratch)))
         log_explanation(engine.url.render_as_string(hide_password=False), outcome, files, mlflow_uri)
     output.print_explain_outcome(outcome, files if out else None)
+    from motex_db.environments import contributions_per_environment
+
+    table = outcome.contributions
+    output.print_environment_contributions(
+        contributions_per_environment(engine, structure, table["atom_index"], table["contribution"]))
 
 
 def _explain_series(engine, structure, series, model, out, min_confidence, mlflow_uri, shap_motifs) -> None:

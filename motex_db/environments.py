@@ -329,3 +329,21 @@ def motif_signatures(
             digest = hashlib.sha256(row_atoms.tobytes() + b"|" + row_counts.tobytes())
             signatures.append(digest.hexdigest()[:32])
     return signatures
+
+
+def contributions_per_environment(engine, structure: str, atom_index: Sequence[int], contributions: Sequence[float]) -> list[dict]:
+    """The contributions of a structure's permutable atoms, grouped by their environment class.
+
+    ``atom_index`` 1-based among the permutable atoms (as in ``atom_contribution``).
+    One dict per class (see :func:`contributions_by_class`), plus its ``element``
+    and ``atoms`` (1-based permutable indices), ordered by mean contribution.
+    """
+    model, environments = model_environments(engine, structure)
+    permutable = np.flatnonzero(np.isin(np.asarray(model.elements), list(model.permutable_elements)))
+    classes = environments.classes[permutable][np.asarray(atom_index, dtype=int) - 1]
+    rows = contributions_by_class(classes, np.asarray(contributions, dtype=float))
+    for row in rows:
+        members = np.asarray(atom_index)[classes == row["class"]]
+        row["atoms"] = sorted(int(a) for a in members)
+        row["element"] = str(model.elements[permutable[row["atoms"][0] - 1]])
+    return sorted(rows, key=lambda row: row["mean"])

@@ -230,3 +230,23 @@ def test_sample_dedup_isometry_stores_one_motif_per_signature_and_images_fit_ali
 
     bad = motex("sample", "--structure", "keggin", "--n", "5", "--dedup", "shape", db=db)
     assert bad.exit_code == 2 and "unknown --dedup 'shape'" in bad.stderr
+
+
+@requires_shared
+def test_contributions_are_grouped_per_environment_class(tmp_path):
+    from motex_db.db import create_db_engine, upgrade
+    from motex_db.environments import contributions_per_environment
+    from motex_db.structures import add_starting_model
+
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'motex.db'}")
+    upgrade(engine)
+    add_starting_model(engine, KEGGIN / "109725.xyz", "keggin", ["W"])
+    atom_index = np.arange(24, 0, -1)  # any order of the atoms
+    contributions = np.where(atom_index % 2 == 1, -0.04, 0.02) + 0.001 * atom_index
+    rows = contributions_per_environment(engine, "keggin", atom_index, contributions)
+    assert [row["atoms"] for row in rows[:3]] == [[1, 7, 13, 19], [3, 9, 15, 21], [5, 11, 17, 23]]
+    assert {row["element"] for row in rows} == {"W"} and all(row["n_atoms"] == 4 for row in rows)
+    first = rows[0]
+    values = -0.04 + 0.001 * np.array([1, 7, 13, 19])
+    assert np.isclose(first["mean"], values.mean()) and np.isclose(first["std"], values.std(ddof=1))
+    assert (first["min"], first["max"]) == pytest.approx((values.min(), values.max()))
