@@ -47,6 +47,9 @@ __all__ = [
     "KEGGIN_UNIT_DISTANCE",
     "keggin_copies",
     "keggin_units",
+    "LargeCase",
+    "large_c60_case",
+    "write_large_case",
 ]
 
 C60_ATOM_COUNT = 60
@@ -414,3 +417,90 @@ def keggin_units(elements: list[str], positions: np.ndarray, metal: str = "W") -
     _, labels = connected_components(csr_matrix((distances < KEGGIN_UNIT_DISTANCE) & (distances > 0)))
     groups = [np.flatnonzero(labels == label) + 1 for label in np.unique(labels)]
     return [g for g in groups if len(g) == 12]
+
+
+# ---------------------------------------------------------------- a starting model of hundreds of atoms
+
+LARGE_SHELL = 300
+# Every atom of the large case is displaced by this much (Å, standard deviation
+# per coordinate), so that no pair distance repeats, the cage's included.
+LARGE_JITTER = 0.02
+
+
+@dataclass(frozen=True)
+class LargeCase:
+    """A C60 hidden in an amorphous carbon shell, and the cage's "measured" PDF.
+
+    - ``elements``/``positions`` (Å): the starting model, every atom carbon and
+      permutable; atoms 0..59 are the cage (``motif`` marks them);
+    - ``r`` (Å), ``g`` (Å^-2): the cage's X-ray PDF plus noise; ``header``: its metadata.
+    """
+
+    elements: list
+    positions: np.ndarray
+    motif: np.ndarray
+    r: np.ndarray
+    g: np.ndarray
+    header: dict
+
+
+def large_c60_case(
+    n_shell: int = LARGE_SHELL,
+    seed: int = 0,
+    jitter: float = LARGE_JITTER,
+    noise: float = C60_NOISE,
+    r_step: float = 0.01,
+    r_max: float = 20.0,
+) -> LargeCase:
+    """A starting model of 60 + ``n_shell`` carbons without symmetry, hiding a C60, and the C60's PDF.
+
+    The shell grows outward from the cage as in :func:`c60_starting_model`
+    (each carbon bonded to one before it, outside the cage, no closer than
+    1.35 Å to any other); then every atom, cage included, moves by a Gaussian
+    of ``jitter`` Å per coordinate, so no two pair distances are equal (the
+    case every pair makes its own class). The data are the displaced cage's
+    real-space X-ray PDF (the C60 example's Q window, qdamp and Biso) on r
+    from 0.5 Å to ``r_max`` plus Gaussian noise of ``noise`` x max |G|.
+    Deterministic for a given ``seed``; nothing is downloaded.
+    """
+    if n_shell < 0:
+        raise InputError(f"The shell needs zero or more atoms, not {n_shell}.")
+    if not (jitter >= 0 and np.isfinite(jitter)):
+        raise InputError(f"The displacement must be zero or more Å, not {jitter}.")
+    model = c60_starting_model(n_shell, seed=seed)
+    rng = np.random.default_rng([seed, 1])
+    positions = model.get_positions() + rng.normal(scale=jitter, size=(len(model), 3))
+    r = 0.5 + r_step * np.arange(int(round((r_max - 0.5) / r_step)) + 1)
+    params = PDFParameters(
+        calculator="real", radiation="xray", qmin=C60_QMIN, qmax=C60_QMAX, qdamp=C60_QDAMP,
+        qbroad=0.0, delta2=0.0, biso={"*": C60_BISO}, zoom=1.0,
+    )
+    g = cluster_pdf(["C"] * C60_ATOM_COUNT, positions[:C60_ATOM_COUNT], r, params)
+    g = g + rng.normal(scale=noise * np.abs(g).max(), size=g.shape)
+    motif = np.zeros(len(positions), dtype=bool)
+    motif[:C60_ATOM_COUNT] = True
+    header = {
+        **c60_dataset_header(seed=seed, noise=noise),
+        "jitter": jitter,
+        "n_shell": n_shell,
+        "note": (
+            "Simulated with motex_db.examples.large_c60_case: the real-space PDF of the C60 cage "
+            f"(atoms 1-60 of a {len(positions)}-atom carbon model, every atom displaced) plus Gaussian noise."
+        ),
+    }
+    return LargeCase(["C"] * len(positions), positions, motif, r, g, header)
+
+
+def write_large_case(folder: str | Path, case: LargeCase) -> tuple[Path, Path]:
+    """Write the starting model (.xyz) and the data (.gr) into ``folder``; returns their paths."""
+    import ase.io
+
+    from motex_db.datasets import write_gr
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    n = len(case.elements)
+    model = folder / f"c60_in_{n}_carbons.xyz"
+    ase.io.write(str(model), Atoms(case.elements, positions=case.positions), format="xyz")
+    data = write_gr(folder / f"c60_in_{n}_carbons.gr", case.r, case.g, case.header, f"C60 in {n} carbons, simulated")
+    return model, data

@@ -69,7 +69,7 @@ from scipy import sparse
 from scipy.optimize import least_squares
 
 from motex_db.errors import InputError
-from motex_db.fitting.settings import FitSettings
+from motex_db.fitting.settings import PAIR_GRID_ANGSTROM, FitSettings
 from motex_db.pdf.calculators import ClusterModel
 from motex_db.pdf.engine import MotifPDFEngine
 from motex_db.pdf.kernels import RealSpaceTransform, gaussian_peak, jeong_fwhm
@@ -118,6 +118,10 @@ _SCREEN_ORDERS = (3, 2)
 _RANGE_TOLERANCE = 1e-9
 _MIN_POINTS = 3
 
+# Grid classes' zoom-search kernel is used at its numerical rank: singular values
+# below this fraction of the largest are dropped (a's relative error ~1e-7, far
+# below the grid's own ~5e-6).
+_GRID_RANK_TOLERANCE = 1e-7
 _ZERO_PDF = "The motif's PDF is zero on the fit range (fewer than two atoms, or no pair close enough)."
 _NOT_FINITE = "The fit produced non-finite values."
 
@@ -266,6 +270,19 @@ class _IsoZoomSearch:
             self.panels.append((mid, half, x_grid, chebyshev.chebvander(x_grid, n_nodes - 1)))
         self.n_nodes = n_nodes
         self.coefficient_kernel = kernel.reshape(self.n_active, n_panels * n_nodes * self.k)
+        self.compressed = None
+        if engine.pair_grid is not None and self.n_active > 1:
+            # grid classes are neighbouring distances, so their kernels are
+            # nearly dependent: (counts @ u s) @ vt at the numerical rank costs
+            # a third of counts @ kernel (rank ~190 of ~570 classes, 300-atom C60 case)
+            # (through the eigenvectors of the Gram matrix: a fraction of an SVD's cost; the singular values
+            # kept are above ~1e-7 of the largest, resolved well by eigenvalues above 1e-14 of the largest)
+            eigenvalues, vectors = np.linalg.eigh(self.coefficient_kernel @ self.coefficient_kernel.T)
+            top = float(eigenvalues[-1])
+            rank = int(np.count_nonzero(eigenvalues > _GRID_RANK_TOLERANCE**2 * top)) if top > 0 else 0
+            if rank * (self.n_active + self.coefficient_kernel.shape[1]) < self.coefficient_kernel.size:
+                basis = np.ascontiguousarray(vectors[:, ::-1][:, :rank])  # orthonormal: CK ~ basis @ basis.T @ CK
+                self.compressed = (basis, basis.T @ self.coefficient_kernel)
 
     def search(self, counts: np.ndarray, frames: Sequence[_Data]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per frame, (zoom, a, objective) per motif at the global optimum; a is (m, k), unnormalised."""
@@ -277,7 +294,11 @@ class _IsoZoomSearch:
             pen, _ = _penalty(zoom, self.low, self.high, self.sigma)
             return [(zoom, a, data.yy - _explained(a @ data.b, aa) + pen**2) for data in frames]
         n, k = self.n_nodes, self.k
-        coefficients = (counts @ self.coefficient_kernel).reshape(m, len(self.panels), n, k)
+        if self.compressed is not None:
+            coefficients = (counts @ self.compressed[0]) @ self.compressed[1]
+        else:
+            coefficients = counts @ self.coefficient_kernel
+        coefficients = coefficients.reshape(m, len(self.panels), n, k)
         shared = []
         for p, (mid, half, x_grid, vander) in enumerate(self.panels):
             c = coefficients[:, p]
@@ -970,7 +991,12 @@ class MotifFitter:
         if len(elements) < 2:
             raise InputError(f"A starting model needs at least two atoms to have a PDF, not {len(elements)}.")
         params = settings.pdf_parameters()
-        self.engine = MotifPDFEngine(elements, positions_angstrom, membership, r_fit, params, kernel_cache_size=2)
+        # the isotropic search is linear in the class counts: a model without
+        # repeated distances may put its pairs on a distance grid (engine.py)
+        self.engine = MotifPDFEngine(
+            elements, positions_angstrom, membership, r_fit, params, kernel_cache_size=2,
+            pair_grid_angstrom=PAIR_GRID_ANGSTROM if settings.uses_pair_grid else None,
+        )
         self.elements = [str(e).strip() for e in elements]
         self.positions = np.asarray(positions_angstrom, dtype=float)
         present = {bare_symbol(e) for e in self.elements}

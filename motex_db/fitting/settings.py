@@ -38,6 +38,11 @@ ENGINE_VERSION = "motex-pdf 1"
 #: revision, so results computed under an older meaning are never reused, while the other calculators'
 #: results stay valid. "debye" became srreal's own Q-grid sum (the exact integral is now "debye-exact").
 CALCULATOR_REVISIONS = {"debye": "srreal Q grid"}
+#: Distance grid step (Å) on which the batched fast path puts the pairs of starting models without
+#: repeated distances (motex_db.pdf.engine; G within ~5e-6 of max |G| of the exact classes). The
+#: configurations that path serves (real calculator, scale refined, at most one zoom) hash it too, so
+#: results from before the grid are never taken for results with it.
+PAIR_GRID_ANGSTROM = 0.02
 
 RECIPE_NAMES = ("fast", "mlmotex", "custom")
 #: Names that ``free`` may hold, besides ``biso_<El>`` (one element's Biso).
@@ -243,6 +248,12 @@ class FitSettings:
         """``"xyz"`` when three zooms are refined, else ``"iso"``."""
         return "xyz" if "zoom3" in self.free else "iso"
 
+    @property
+    def uses_pair_grid(self) -> bool:
+        """True when the batched fast path (real calculator, scale and at most one zoom refined) may use
+        :data:`PAIR_GRID_ANGSTROM` for a starting model without repeated distances."""
+        return self.calculator == "real" and "scale" in self.free and set(self.free) <= {"scale", "zoom"}
+
     def pdf_parameters(self) -> PDFParameters:
         """The engine settings at the start values (zoom ``zoom_start``)."""
         self._require_resolved("computing a PDF")
@@ -284,6 +295,8 @@ class FitSettings:
         identity = {"engine_version": str(engine_version), "settings": self.to_dict()}
         if self.calculator in CALCULATOR_REVISIONS:
             identity["calculator_revision"] = CALCULATOR_REVISIONS[self.calculator]
+        if self.uses_pair_grid:
+            identity["pair_grid_angstrom"] = PAIR_GRID_ANGSTROM
         text = json.dumps(identity, sort_keys=True, separators=(",", ":"), allow_nan=False)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

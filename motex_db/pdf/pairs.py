@@ -5,6 +5,14 @@ distances are equal within ``DISTANCE_TOLERANCE`` (isotropic classes), or their
 |dx|, |dy| and |dz| are (anisotropic classes, needed when x, y and z are zoomed
 by different factors). Symmetric clusters have few classes: the 5356 pairs of
 the two-Keggin model ``109725.xyz`` fall into about 1300.
+
+A model without repeated distances (an amorphous shell, a displaced or
+simulated snapshot) makes every pair its own class. For those,
+:func:`grid_pair_classes` spreads each pair over the few nearest points of a
+uniform distance grid with Lagrange interpolation weights: the classes are
+then the grid points (per species pair), however many pairs there are, and a
+kernel that is smooth in the pair distance is reproduced to the
+interpolation error (see :func:`grid_pair_classes`).
 """
 
 from __future__ import annotations
@@ -16,7 +24,17 @@ import numpy as np
 
 from motex_db.errors import InputError
 
-__all__ = ["DISTANCE_TOLERANCE", "PairClasses", "species_index", "iter_pairs", "group_pairs", "cluster_pair_classes"]
+__all__ = [
+    "DISTANCE_TOLERANCE",
+    "PairClasses",
+    "species_index",
+    "iter_pairs",
+    "group_pairs",
+    "cluster_pair_classes",
+    "lagrange_weights",
+    "GridClasses",
+    "grid_pair_classes",
+]
 
 #: Distances (Å) closer than this are one class; class distance is the members' mean.
 DISTANCE_TOLERANCE = 1e-9
@@ -180,3 +198,70 @@ def cluster_pair_classes(
         return PairClasses(parts_code[0], parts_d[0], parts_w[0])
     merged = group_pairs(np.concatenate(parts_code), np.concatenate(parts_d), np.concatenate(parts_w))
     return PairClasses(merged.code, merged.components, merged.size)
+
+
+def lagrange_weights(x: np.ndarray, n_points: int) -> np.ndarray:
+    """(len(x), n_points) weights of the Lagrange polynomial through the nodes 0, 1, ..., n_points - 1 at ``x``.
+
+    sum_j w[:, j] f(j) interpolates f at x; the weights sum to 1.
+    """
+    x = np.asarray(x, dtype=float)[:, None]
+    nodes = np.arange(n_points)
+    out = np.ones((x.shape[0], n_points))
+    for k in range(n_points):
+        factor = (x - k) / np.where(nodes == k, 1.0, nodes - k)
+        out *= np.where(nodes == k, 1.0, factor)
+    return out
+
+
+@dataclass(frozen=True)
+class GridClasses:
+    """Pairs spread over grid-point classes: :class:`PairClasses` (components: the grid distances, Å;
+    size: the summed weights, fractional) and the sparse map from pairs to classes as
+    (class, pair, weight) triples, ``n_points`` per pair."""
+
+    classes: PairClasses
+    class_of_entry: np.ndarray
+    pair_of_entry: np.ndarray
+    weight_of_entry: np.ndarray
+
+
+def grid_pair_classes(code: np.ndarray, distance: np.ndarray, step: float, n_points: int) -> GridClasses:
+    """Pair classes on a uniform distance grid of ``step`` Å, ``n_points``-point Lagrange interpolation.
+
+    A pair at distance d = (b + x) step, b integer, 0 <= x < 1, belongs to the
+    grid points b - n_points/2 + 1 ... b + n_points/2 of its species pair with
+    the Lagrange weights of x there; so for any function K of distance,
+    sum_pairs K(d) ~ sum_points (summed weights) K(point). For an isotropic
+    zoom z the grid scales with the distances and the weights do not change,
+    so one set of classes serves every zoom. The interpolation error of
+    sin(Q d) is at most ~ prod_j |x - j| / n_points! (Q step)^n_points
+    (e.g. 6 points, step 0.01 Å, Q = 24 Å^-1: 1e-6). ``n_points`` must be
+    even and every distance at least n_points/2 steps (grid points stay
+    positive). Classes are ordered by grid distance, then species pair code.
+    """
+    if n_points < 2 or n_points % 2:
+        raise InputError(f"The distance grid needs an even number of points, at least 2, not {n_points}.")
+    distance = np.asarray(distance, dtype=float)
+    code = np.asarray(code, dtype=np.int64)
+    t = distance / step
+    base = np.floor(t).astype(np.int64) - (n_points // 2 - 1)
+    if distance.size and int(base.min()) < 1:
+        raise InputError(
+            f"Pair distances below {n_points // 2 * step:g} Å cannot be put on a {step:g} Å grid of {n_points} points."
+        )
+    weights = lagrange_weights(t - base, n_points)
+    point = base[:, None] + np.arange(n_points)
+    span = int(point.max(initial=0)) + 1
+    key = (code[:, None] * span + point).ravel()
+    unique, inverse = np.unique(key, return_inverse=True)
+    class_code, class_point = np.divmod(unique, span)
+    rank = np.lexsort((class_code, class_point))  # by distance, then code
+    new_index = np.empty_like(rank)
+    new_index[rank] = np.arange(rank.size)
+    class_of_entry = new_index[inverse.ravel()]
+    pair_of_entry = np.repeat(np.arange(distance.size), n_points)
+    weight_of_entry = weights.ravel()
+    size = np.bincount(class_of_entry, weights=weight_of_entry, minlength=rank.size)
+    classes = PairClasses(class_code[rank], class_point[rank] * step, size)
+    return GridClasses(classes, class_of_entry, pair_of_entry, weight_of_entry)
