@@ -30,7 +30,8 @@ def print_polish_outcome(outcome, tolerance: float, files: Optional[dict]) -> No
     if outcome.created:
         console.print(
             f"polish {outcome.run_id} of {where}: {outcome.strategy} search, {outcome.n_evaluated} motifs evaluated "
-            f"({outcome.n_fitted} fitted now, the others already stored) in {outcome.seconds:.1f} s; "
+            f"({outcome.n_fitted} fitted by the polish, {outcome.n_evaluated - outcome.n_fitted} found in the record) "
+            f"in {outcome.seconds:.1f} s; "
             + ("the budget was spent." if outcome.stopped == "budget" else "no move improved Rwp by "
                f"{outcome.options['min_gain']:g} any more.")
         )

@@ -191,47 +191,58 @@ def search_motifs(
         order = np.lexsort((tie, -promise))
         order = order[~(current[order] & (current.sum() == 1))]  # never the empty motif
         moves, values, changed = [], [], []
+
+        def best_allowed(improving: bool) -> Optional[int]:
+            """The best move not undoing a recent one (a new best is always allowed), or None."""
+            found = np.array(values, dtype=float)
+            found = np.where(np.isnan(found), np.inf, found)
+            allowed = np.array([all(tabu_until[a] < step for a in c) for c in changed], dtype=bool)
+            allowed |= found < best_rwp - min_gain
+            if improving:
+                allowed &= found < current_rwp - min_gain
+            allowed &= np.isfinite(found)
+            if not allowed.any():
+                return None
+            candidates = np.flatnonzero(allowed)
+            return int(candidates[np.argmin(found[candidates])])
+
         accepted = None
         for lo in range(0, len(order), chunk):
             atoms = order[lo : lo + chunk]
             masks = _flips(current, atoms)
-            found = memory(masks)
             moves.extend(masks)
-            values.extend(found)
+            values.extend(memory(masks))
             changed.extend((int(a),) for a in atoms)
-            if np.nanmin(found, initial=np.inf) < current_rwp - min_gain:
-                accepted = int(np.nanargmin(values))
-                break
-            if memory.left <= 0:
+            accepted = best_allowed(improving=True)
+            if accepted is not None or memory.left <= 0:
                 break
         flip_values = dict(zip((c[0] for c in changed), values))
         if accepted is None and memory.left > 0 and swap_candidates > 0:
             kept, out = np.flatnonzero(current), np.flatnonzero(~current)
-            score = lambda atoms: sorted(atoms, key=lambda a: (np.nan_to_num(flip_values.get(int(a), np.inf), nan=np.inf), -promise[a], tie[a]))
-            removals, additions = score(kept)[:swap_candidates], score(out)[:swap_candidates]
-            for a in removals:
-                for b in additions:
+
+            def ranked(atoms):
+                return sorted(atoms, key=lambda a: (np.nan_to_num(flip_values.get(int(a), np.inf), nan=np.inf), -promise[a], tie[a]))
+
+            for a in ranked(kept)[:swap_candidates]:
+                for b in ranked(out)[:swap_candidates]:
                     mask = current.copy()
                     mask[a], mask[b] = False, True
                     moves.append(mask)
                     changed.append((int(a), int(b)))
             if len(moves) > len(values):
                 values.extend(memory(np.array(moves[len(values):])))
-            if np.nanmin(values, initial=np.inf) < current_rwp - min_gain:
-                accepted = int(np.nanargmin(values))
-        values_array = np.where(np.isnan(np.array(values, dtype=float)), np.inf, np.array(values, dtype=float))
+            accepted = best_allowed(improving=True)
         if accepted is None:
             if strategy == "greedy":
                 break
-            allowed = np.array([all(tabu_until[a] < step for a in c) for c in changed])
-            allowed |= values_array < best_rwp - min_gain  # aspiration: a new best is never tabu
-            if not allowed.any() or not np.isfinite(values_array[allowed]).any():
+            accepted = best_allowed(improving=False)
+            if accepted is None:
                 break
-            candidates = np.flatnonzero(allowed)
-            accepted = int(candidates[np.argmin(values_array[candidates])])
+        values_array = np.where(np.isnan(np.array(values, dtype=float)), np.inf, np.array(values, dtype=float))
         current, current_rwp = moves[accepted].copy(), float(values_array[accepted])
-        for a in changed[accepted]:
-            tabu_until[a] = step + tenure
+        if strategy == "tabu":
+            for a in changed[accepted]:
+                tabu_until[a] = step + tenure
         if current_rwp < best_rwp - min_gain:
             best_rwp, best, since_best = current_rwp, current.copy(), 0
         else:
