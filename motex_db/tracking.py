@@ -15,6 +15,21 @@ Creating the store and the experiment happens under a lock (a file lock for
 SQLite, an advisory lock for PostgreSQL), so many processes starting at once
 neither race MLflow's own migrations nor create the experiment twice; the
 logging of a finished training is short and done under the same lock.
+
+An embedded SQLite store is created whole or not at all: MLflow's tables are
+made and migrated in a scratch file that is renamed into place (SQLite's
+Python driver commits each DDL statement on its own, so a store migrated in
+place and killed half-way stays half-made). A store found half-made (an
+interrupted migration of an older motex-db, say, with its
+``_alembic_tmp_experiments`` table) is repaired, or moved aside and made
+anew, with one sentence on the ``motex_db`` logger. On PostgreSQL MLflow's
+migrations run in one transaction, so they need no such care.
+
+Runs carry the identity of the process that opened them (tag
+``motex_db.process``, see :mod:`motex_db.processes`); at every start, runs
+still RUNNING whose process is surely gone (same host, boot and pid namespace,
+the process no longer there) are marked KILLED. Runs of processes on other
+machines are left to them.
 """
 
 from __future__ import annotations
@@ -34,10 +49,13 @@ from sqlalchemy.engine import make_url
 
 from motex_db.db import safe_url
 from motex_db.errors import DatabaseError
+from motex_db.processes import process_gone, process_identity
 
 MLFLOW_URI_ENVIRONMENT_VARIABLE = "MOTEX_MLFLOW_URI"
 EXPERIMENT_NAME = "motex-db"
 _POSTGRES_LOCK_KEY = 0x6D6F7465  # "mote": one advisory lock for motex-db's MLflow set-up
+PROCESS_TAG = "motex_db.process"  # host:pid:start:boot:pidns of the process that opened a run
+_log = logging.getLogger("motex_db")
 
 
 @dataclass(frozen=True)
@@ -112,6 +130,129 @@ def tracking_lock(location: TrackingLocation) -> Iterator[None]:
     yield
 
 
+def _sqlite_store_path(uri: str) -> Path:
+    return Path(make_url(uri).database)
+
+
+def _store_state(path: Path) -> tuple[bool, bool, int]:
+    """(whole, half_made, runs) of an SQLite MLflow store: whole when MLflow's tables are all there at its schema
+    head; half-made when a migration was left half-done; runs: how many runs it holds (0 without a runs table)."""
+    import sqlite3
+
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    # a read-write connection, so that a hot journal left by a killed writer is rolled back first
+    connection = sqlite3.connect(path)
+    try:
+        tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        runs = connection.execute("SELECT COUNT(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+        version = (
+            connection.execute("SELECT version_num FROM alembic_version").fetchone() if "alembic_version" in tables else None
+        )
+    finally:
+        connection.close()
+    half_made = any(name.startswith("_alembic_tmp_") for name in tables)
+    at_head = version is not None and version[0] == _get_latest_schema_revision()
+    return not half_made and at_head and {"experiments", "runs"} <= tables, half_made, runs
+
+
+def _migrate_sqlite_file(path: Path) -> None:
+    """Create or upgrade MLflow's tables in the SQLite file ``path`` (MLflow's own migrations)."""
+    from mlflow.store.db.utils import _initialize_tables
+
+    engine = sa.create_engine(f"sqlite:///{path}")
+    try:
+        _initialize_tables(engine)
+    finally:
+        engine.dispose()
+
+
+def _finish_half_done_migration(path: Path) -> None:
+    """Undo what an interrupted batch migration left: ``_alembic_tmp_T`` beside ``T`` is dropped (the copy had not
+    replaced it), and renamed to ``T`` where ``T`` was already dropped."""
+    import sqlite3
+
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for name in sorted(tables):
+            if name.startswith("_alembic_tmp_"):
+                target = name[len("_alembic_tmp_"):]
+                if target in tables:
+                    connection.execute(f'DROP TABLE "{name}"')
+                else:
+                    connection.execute(f'ALTER TABLE "{name}" RENAME TO "{target}"')
+    finally:
+        connection.close()
+
+
+def prepare_sqlite_store(uri: str) -> None:
+    """Make the embedded SQLite store at ``uri`` whole before MLflow opens it; call it under :func:`tracking_lock`.
+
+    - no store (or an empty file): MLflow's tables are made in a scratch file
+      beside it, which is then renamed into place;
+    - an older schema: upgraded the same way, on a copy;
+    - half-made (an interrupted migration): mended on a copy; if that fails, the
+      store is moved aside and a new one made (and if it held no run, it is
+      simply made anew). Either is said in one sentence on the ``motex_db`` logger.
+    """
+    import shutil
+
+    path = _sqlite_store_path(uri)
+    for leftover in path.parent.glob(f"{path.name}.creating-*"):
+        leftover.unlink(missing_ok=True)  # a creation killed before its rename (we hold the lock)
+    scratch = path.with_name(f"{path.name}.creating-{os.getpid()}")
+
+    def migrate_scratch_into_place() -> None:
+        _migrate_sqlite_file(scratch)
+        os.replace(scratch, path)
+
+    if not path.exists() or path.stat().st_size == 0:
+        for suffix in ("-journal", "-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)  # of a store that is gone
+        migrate_scratch_into_place()
+        return
+    whole, half_made, runs = _store_state(path)
+    if whole:
+        return
+    try:
+        shutil.copyfile(path, scratch)
+        if half_made:
+            _finish_half_done_migration(scratch)
+        migrate_scratch_into_place()
+    except Exception as exc:  # any failure of MLflow's migrations on the copy: fall back to a new store
+        scratch.unlink(missing_ok=True)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    else:
+        if half_made:
+            _log.warning(f"the MLflow store {path} was left half-made by an interrupted migration; it was mended ({runs} runs kept).")
+        return
+    if runs:
+        aside = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(path, aside)
+        _log.warning(f"the MLflow store {path} could not be mended ({reason}); it was moved to {aside.name} and a new one made.")
+    else:
+        _log.warning(f"the MLflow store {path} was half-made and held no run; it was made anew.")
+    migrate_scratch_into_place()
+
+
+def mark_killed_runs(client, experiment_id: str) -> int:
+    """Mark KILLED the experiment's RUNNING runs whose process (tag ``motex_db.process``) is surely gone; returns how many."""
+    runs = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=5000)
+    killed = 0
+    for run in runs:
+        identity = run.data.tags.get(PROCESS_TAG)
+        if identity and process_gone(identity):
+            client.set_terminated(run.info.run_id, status="KILLED")
+            killed += 1
+    return killed
+
+
+def process_tags() -> dict[str, str]:
+    """The tag that names this process on a run it opens (so a later start can tell that it was killed)."""
+    return {PROCESS_TAG: process_identity()}
+
+
 def _create_postgres_database(connection, name: str) -> None:
     exists = connection.exec_driver_sql("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).first()
     if not exists:
@@ -137,8 +278,13 @@ class Tracker:
         self.uri = location.tracking_uri
         with tracking_lock(self.location):
             try:
+                if location.lock_path:
+                    prepare_sqlite_store(self.uri)
                 self.client = MlflowClient(tracking_uri=self.uri)
                 self.experiment_id = self._experiment()
+                self.killed_runs = mark_killed_runs(self.client, self.experiment_id)
+            except DatabaseError:
+                raise
             except Exception as exc:  # MLflow raises many types for an unusable store
                 raise DatabaseError(
                     f"cannot use the MLflow tracking store {safe_url(self.uri)}: {str(exc).splitlines()[0]}"
@@ -167,7 +313,7 @@ class Tracker:
         from mlflow.entities import Param
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-        tags = {key: str(value) for key, value in tags.items()}
+        tags = {**process_tags(), **{key: str(value) for key, value in tags.items()}}
         if parent_run_id:
             tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
         start = int(1000 * (start_seconds if start_seconds is not None else time.time()))
