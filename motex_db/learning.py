@@ -83,18 +83,26 @@ def claim(engine, key: str, worker: str, lease_seconds: float = LEASE_SECONDS) -
 
     with transaction(engine) as session:
         now = utcnow()
+        # Claims of holders that are gone (killed after storing their result, say) are swept
+        # here, whatever their key: there are only ever as many claims as live workers.
+        stale = [row.id for row in session.exec(select(LearningClaim)).all()
+                 if row.worker != worker and (_aware(row.expires_at, now) < now or process_gone(row.worker))]
+        if stale:
+            session.execute(sa.delete(LearningClaim).where(LearningClaim.id.in_(stale)))
         holder = session.exec(select(LearningClaim).where(LearningClaim.key == key)).first()
         if holder is not None:
-            if holder.worker == worker:
-                holder.expires_at = now + timedelta(seconds=lease_seconds)
-                session.add(holder)
-                return True
-            expires = holder.expires_at if holder.expires_at.tzinfo else holder.expires_at.replace(tzinfo=now.tzinfo)
-            if expires >= now and not process_gone(holder.worker):
+            if holder.worker != worker:
                 return False
-            session.execute(sa.delete(LearningClaim).where(LearningClaim.id == holder.id))
+            holder.expires_at = now + timedelta(seconds=lease_seconds)
+            session.add(holder)
+            return True
         row = {"key": key, "worker": worker, "expires_at": now + timedelta(seconds=lease_seconds)}
         return bool(_insert_ignoring_conflict(session, LearningClaim.__table__, [row], "key"))
+
+
+def _aware(moment, now):
+    """SQLite hands back naive datetimes (stored as UTC)."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=now.tzinfo)
 
 
 def release(engine, key: str, worker: str) -> None:

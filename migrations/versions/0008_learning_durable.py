@@ -38,8 +38,8 @@ def upgrade() -> None:
     # key: alembic cannot add one to SQLite in place, and the motif and the model go together
     # (both cascade from their starting model).
     op.add_column("trained_model", sa.Column("extracted_motif_id", sa.Integer, nullable=True))
-    rows = bind.exec_driver_sql(
-        "SELECT id, sampler FROM motif WHERE sampler LIKE 'extracted from trained model %'"
+    rows = bind.execute(
+        sa.text("SELECT id, sampler FROM motif WHERE sampler LIKE :pattern"), {"pattern": _EXTRACTED + "%"}
     ).fetchall()
     for motif_id, sampler in rows:
         model_id = sampler[len(_EXTRACTED):].strip()
