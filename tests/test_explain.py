@@ -116,3 +116,14 @@ def test_explain_refuses_mismatched_or_non_binary_input(explained):
         explain.shap_values(result.model, X[:, :-1])
     with pytest.raises(InputError, match="confidence"):
         explain.extracted_motif_mask(explain.atom_contributions(values, X), min_confidence=-1)
+
+
+def test_shap_rows_are_a_seeded_subset_of_the_training_motifs():
+    from motex_db.explain import shap_rows
+
+    rows = shap_rows(5000, seed=3, shap_motifs=2000)
+    assert len(rows) == 2000 == len(np.unique(rows)) and np.all(np.diff(rows) > 0) and rows.max() < 5000
+    np.testing.assert_array_equal(rows, shap_rows(5000, seed=3, shap_motifs=2000))
+    assert not np.array_equal(rows, shap_rows(5000, seed=4, shap_motifs=2000))
+    np.testing.assert_array_equal(shap_rows(800, seed=3, shap_motifs=2000), np.arange(800))  # fewer: all
+    np.testing.assert_array_equal(shap_rows(800, seed=3, shap_motifs=0), np.arange(800))  # 0: all

@@ -214,3 +214,51 @@ def test_training_refuses_what_cannot_be_learned(catalogue):
         learning.train_surrogate(masks[:50], bad, n_iter=1)
     with pytest.raises(InputError, match="one Rwp per motif"):
         learning.train_surrogate(masks[:50], rwp[:49], n_iter=1)
+
+
+# --------------------------------------------------------------------------
+# The search's shortcuts: early stopping in the folds, stopping, the cheapest near-best trial
+
+
+def test_every_fold_stops_early_and_records_its_tree_count(catalogue):
+    masks, rwp = catalogue
+    X, y = learning.features(masks[:400]), rwp[:400]
+    result = learning.search_hyperparameters(X, y, seed=0, n_iter=1, cv=2, patience=None)
+    for trial in result.trials:
+        assert 1 <= trial.n_rounds <= learning.MAX_ROUNDS
+        assert trial.started <= trial.finished
+        assert trial.cost == trial.n_rounds * 2 ** trial.params["max_depth"]
+        assert "n_estimators" not in trial.params  # the tree count is not searched
+
+
+def test_the_search_stops_once_it_stops_improving(catalogue):
+    masks, rwp = catalogue
+    X, y = learning.features(masks[:400]), rwp[:400]
+    stopped = learning.search_hyperparameters(X, y, seed=0, n_iter=12, cv=2, patience=1)
+    full = learning.search_hyperparameters(X, y, seed=0, n_iter=12, cv=2, patience=None)
+    assert len(full.trials) == 4 + 12 and not full.stopped_early
+    assert stopped.stopped_early and len(stopped.trials) < len(full.trials)
+    # the trials it ran are the full search's first ones (same seed, same proposals)
+    assert [t.params for t in stopped.trials] == [t.params for t in full.trials[: len(stopped.trials)]]
+    # patience counts Bayesian trials after the last real improvement
+    last = stopped.trials[-1]
+    assert last.cv_mae >= min(t.cv_mae for t in stopped.trials[:-1]) * (1 - learning.MIN_IMPROVEMENT)
+
+
+def _trial(index, cv_mae, rounds, depth):
+    return learning.Trial(index=index, params={"max_depth": depth}, cv_mae=cv_mae, fold_mae=(cv_mae,), n_rounds=rounds)
+
+
+def test_the_chosen_trial_is_the_cheapest_within_the_tolerance_of_the_lowest_cv_mae():
+    trials = [_trial(0, 0.0100, 900, 6), _trial(1, 0.0101, 300, 4), _trial(2, 0.0105, 50, 2), _trial(3, 0.0200, 10, 2)]
+    assert learning.choose_trial(trials, tolerance=0.02).index == 1  # 1 % worse, a tenth of the leaves
+    assert learning.choose_trial(trials, tolerance=0.0).index == 0  # the lowest, as the exhaustive search takes
+    assert learning.choose_trial(trials, tolerance=0.06).index == 2
+    with pytest.raises(InputError):
+        learning.choose_trial([])
+
+
+def test_training_records_how_the_search_went(trained):
+    assert trained.lowest_cv_mae <= trained.best_cv_mae <= trained.lowest_cv_mae * (1 + learning.COST_TOLERANCE)
+    assert trained.best_iteration + 1 <= learning.MAX_ROUNDS
+    assert all(json.dumps(t.as_dict()) for t in trained.trials)

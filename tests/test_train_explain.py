@@ -45,6 +45,17 @@ def test_train_stores_a_model_and_tracks_it_in_mlflow(motex, c60):
     assert len(children) == 4 + 2  # random starts + Bayesian iterations
     assert all("cv_mae" in child.data.metrics for child in children)
     assert len(tracker.client.get_metric_history(run_id, "validation_mae")) > 1  # the loss curve
+    # runs worth comparing: named by structure and dataset, with the fit's settings as params
+    assert run.info.run_name == "train c60-in-carbon / c60-simulated"
+    params = run.data.params
+    assert {"structure", "dataset", "recipe", "calculator", "rmin", "rmax", "qmin", "qmax", "qdamp", "zoom_mode",
+            "n_motifs", "n_permutable", "seed"} <= set(params)
+    assert params["structure"] == "c60-in-carbon" and params["n_permutable"] == "130" and params["zoom_mode"] == "zoom"
+    assert {"test_mae", "test_rmse", "test_r2", "best_cv_mae"} <= set(run.data.metrics)
+    assert run.info.status == "FINISHED" and run.data.tags["trained_model_id"] == str(model_id)
+    # each trial was logged as it finished, with its real start and end
+    assert all(c.info.end_time >= c.info.start_time >= run.info.start_time for c in children)
+    assert run.info.end_time - run.info.start_time >= max(c.info.end_time for c in children) - run.info.start_time
 
     again = motex("train", "--structure", "c60-in-carbon", "--data", "c60-simulated", "--n-iter", "2", "--cv", "2", db=c60)
     assert again.exit_code == 0 and "reusing it" in again.stdout
@@ -75,6 +86,12 @@ def test_explain_finds_the_buckyball(motex, c60, tmp_path):
     assert len(frame) == 130 and motex_db.open_record(c60).trained_models()["overall_confidence"].notna().all()
     (extracted_rwp,), = query(c60, "SELECT rwp FROM motif_fit WHERE mask = (SELECT mask FROM motif WHERE sampler LIKE 'extracted%')")
     assert extracted_rwp < 0.2
+    (linked,), = query(c60, "SELECT f.rwp FROM trained_model t JOIN motif_fit f ON f.motif_id = t.extracted_motif_id")
+    assert linked == extracted_rwp
+    (run_id,), = query(c60, "SELECT mlflow_run_id FROM trained_model")
+    metrics = open_tracker(c60).client.get_run(run_id).data.metrics
+    assert metrics["extracted_rwp"] == pytest.approx(extracted_rwp) and metrics["extracted_size"] == (cage < 0).sum() + (distractors < 0).sum()
+    assert {"overall_confidence", "best_rwp"} <= set(metrics)
     for suffix in ("_contributions.csv", "_contributions.extxyz", "_contributions.vesta", "_shap_values.csv",
                    "_extracted_motif.xyz", "_shap_summary.png"):
         assert list(out.glob(f"*{suffix}")), suffix
