@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from motex_db.cli.app import app, engine_of
+from motex_db.cli.app import MLFLOW_HELP, app, engine_of
 from motex_db.cli import output
 from motex_db.cli.output import console
 from motex_db.polish import DEFAULT_BUDGET, DEFAULT_MIN_GAIN, DEFAULT_PATIENCE, DEFAULT_TENURE
@@ -105,3 +105,52 @@ def polish(
 
         files = write_polish_files(engine, outcome, out, tolerance)
     print_polish_outcome(outcome, tolerance, files)
+
+
+@app.command()
+def extract(
+    ctx: typer.Context,
+    structure: str = typer.Option(..., "--structure", help="Starting model."),
+    data: str = typer.Option(..., "--data", help="Dataset."),
+    budget: int = typer.Option(10000, "--budget", help="Fits to spend in all: sampling rounds, then the polish."),
+    round_size: Optional[int] = typer.Option(None, "--round", help="Motifs per sampling round (default: a fifth of the budget left after the polish's share)."),
+    recipe: str = typer.Option("fast", "--recipe", help="fast (scale and one zoom) or mlmotex (three zooms)."),
+    n_iter: int = typer.Option(10, "--n-iter", help="Bayesian iterations of each round's training."),
+    seed: int = typer.Option(0, "--seed", help="Seed of sampling, training and polish."),
+    tolerance: float = typer.Option(DEFAULT_TOLERANCE, "--tolerance", help="The compact answer: the smallest motif within this Rwp of the best."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the polished motif's files."),
+    mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help=MLFLOW_HELP),
+) -> None:
+    """Sample, fit, train, explain in rounds (uniform, then guided) until the contributions converge or the budget is spent; then polish. Resumable."""
+    from motex_db.fitting.settings import FitSettings
+    from motex_db.polish import compact_answer, extract_motif
+
+    compact_answer([], 0.0, tolerance)
+    settings = FitSettings.for_recipe(recipe)
+    engine = engine_of(ctx)
+    with output.stage_progress("fits") as update:
+        outcome = extract_motif(
+            engine, structure, data, budget, round_size, seed, n_iter, settings, mlflow_uri=mlflow_uri,
+            on_stage=console.print,
+            on_fit_progress=lambda p: update("fitting", p.done, p.total),
+            on_polish_progress=lambda evaluated, total, best: update("polishing", evaluated, total),
+        )
+    output.print_rows(
+        ["round", "sampling", "sampled motifs", "trained model", "extracted atoms", "extracted Rwp", "sign changes (3/4 of the fits)"],
+        [(r.index, r.strategy, r.n_sampled, r.trained_model_id, r.extracted_mask.count("1"),
+          None if r.extracted_rwp is None else round(r.extracted_rwp, 4), r.sign_changes) for r in outcome.rounds],
+        title="rounds",
+    )
+    console.print(
+        f"{'the contributions converged' if outcome.converged else 'the budget for sampling was spent before the contributions converged'}"
+        f" after {len(outcome.rounds)} rounds ({outcome.fits} fits)."
+    )
+    if outcome.polish is None:
+        console.print("no atom has a negative contribution: nothing to polish.")
+        return
+    files = None
+    if out is not None:
+        from motex_db.reports.polish import write_polish_files
+
+        files = write_polish_files(engine, outcome.polish, out, tolerance)
+    print_polish_outcome(outcome.polish, tolerance, files)

@@ -35,6 +35,7 @@ __all__ = [
     "parse_mask_file",
     "sample_uniform_masks",
     "sample_sphere_masks",
+    "sample_guided_masks",
     "SampleOutcome",
     "sample_motifs",
     "add_mask_file",
@@ -437,6 +438,119 @@ def _sphere_batch(
 
 
 # --------------------------------------------------------------------------
+# Guided sampling: new motifs around the current answer
+
+
+# Keep probabilities stay inside [floor, 1 - floor]: every atom is still kept in
+# some motifs and removed in others, which the next explanation needs.
+_GUIDED_FLOOR = 0.05
+# Neighbourhood draws flip 1..this many atoms of one of the best motifs.
+_GUIDED_MAX_FLIPS = 3
+_GUIDED_MAX_FRUITLESS = 10_000
+
+
+def sample_guided_masks(
+    contributions: np.ndarray,
+    best_masks: np.ndarray,
+    n_new: int,
+    rng: np.random.Generator,
+    existing: set[str] | frozenset[str] = frozenset(),
+    neighbourhood_fraction: float = 0.5,
+) -> tuple[list[str], bool]:
+    """Draw ``n_new`` new distinct motifs around the current answer.
+
+    Two kinds of draws, mixed at random (a fraction ``neighbourhood_fraction``
+    of the second kind):
+
+    - **by contribution**: atom a is kept with probability
+      1 / (1 + exp(c_a / s)), with c_a its contribution (negative: it belongs)
+      and s the standard deviation of the contributions, kept within
+      [0.05, 0.95] so that every atom is still kept in some motifs and removed
+      in others;
+    - **around the best fits**: one of ``best_masks`` ((k, N) bool, the best
+      fitted motifs) with 1 to 3 of its atoms flipped, uniformly.
+
+    Empty motifs and masks in ``existing`` or drawn before are drawn again.
+    Returns (new mask texts in draw order, exhausted): ``exhausted`` is True
+    when 10,000 draws in a row gave nothing new.
+    """
+    c = np.asarray(contributions, dtype=float)
+    if c.ndim != 1 or c.size == 0 or not np.all(np.isfinite(c)):
+        raise InputError("guided sampling needs one finite contribution per permutable atom.")
+    if n_new < 0:
+        raise InputError(f"The number of motifs to draw must be zero or more, not {n_new}.")
+    n = c.size
+    best = np.asarray(best_masks, dtype=bool).reshape(-1, n)
+    spread = float(np.std(c))
+    keep = 1.0 / (1.0 + np.exp(np.clip(c / spread, -50, 50))) if spread > 0 else np.full(n, 0.5)
+    keep = np.clip(keep, _GUIDED_FLOOR, 1.0 - _GUIDED_FLOOR)
+    fraction = neighbourhood_fraction if len(best) else 0.0
+    taken = set(existing)
+    out: list[str] = []
+    fruitless = 0
+    while len(out) < n_new:
+        size = min(max(2 * (n_new - len(out)), 64), 100_000)
+        near = rng.random(size) < fraction
+        masks = rng.random((size, n)) < keep
+        if near.any():
+            rows = best[rng.integers(0, len(best), size=int(near.sum()))].copy()
+            for row, k in zip(rows, rng.integers(1, _GUIDED_MAX_FLIPS + 1, size=len(rows))):
+                row[rng.choice(n, size=min(int(k), n), replace=False)] ^= True
+            masks[near] = rows
+        for text, mask in zip(masks_to_text(masks), masks):
+            if mask.any() and text not in taken:
+                taken.add(text)
+                out.append(text)
+                fruitless = 0
+                if len(out) == n_new:
+                    return out, False
+            else:
+                fruitless += 1
+                if fruitless >= _GUIDED_MAX_FRUITLESS:
+                    return out, True
+    return out, False
+
+
+def _guide(session, model, dataset: str | None, n_best: int = 20) -> tuple[np.ndarray, np.ndarray, str]:
+    """Contributions of the latest explained model of a structure (for ``dataset`` when given), the masks of
+    its best fits, and a description for ``motif.sampler``."""
+    from sqlmodel import select
+
+    from motex_db.models import AtomContribution, Dataset, FitResult, Motif, TrainedModel
+
+    query = (
+        select(TrainedModel).where(TrainedModel.starting_model_id == model.id).where(TrainedModel.series.is_(None))
+        .where(select(AtomContribution.id).where(AtomContribution.trained_model_id == TrainedModel.id).exists())
+        .order_by(TrainedModel.id.desc())
+    )
+    if dataset is not None:
+        row = session.exec(select(Dataset.id).where(Dataset.name == dataset)).first()
+        if row is None:
+            raise InputError(f"there is no dataset '{dataset}'.")
+        query = query.where(TrainedModel.dataset_id == row)
+    trained = session.exec(query).first()
+    if trained is None:
+        raise InputError(
+            f"guided sampling needs an explained model of '{model.name}'"
+            + (f" and '{dataset}'" if dataset else "") + ": run motex-db train and explain first."
+        )
+    contributions = np.zeros(model.n_permutable)
+    for index, value in session.exec(
+        select(AtomContribution.atom_index, AtomContribution.contribution)
+        .where(AtomContribution.trained_model_id == trained.id)
+    ).all():
+        contributions[index - 1] = value
+    best = session.exec(
+        select(Motif.mask).join(FitResult, FitResult.motif_id == Motif.id)
+        .where(Motif.starting_model_id == model.id).where(FitResult.dataset_id == trained.dataset_id)
+        .where(FitResult.fit_config_id == trained.fit_config_id).where(FitResult.status == "ok")
+        .order_by(FitResult.rwp, Motif.id).limit(n_best)
+    ).all()
+    masks = masks_from_text(list(best), model.n_permutable) if best else np.zeros((0, model.n_permutable), dtype=bool)
+    return contributions, masks, f"model={trained.id}"
+
+
+# --------------------------------------------------------------------------
 # The catalogue in the record
 
 
@@ -507,6 +621,7 @@ def sample_motifs(
     radius_min: float = 3.0,
     radius_max: float = 10.0,
     dedup: str = "mask",
+    data: str | None = None,
 ) -> SampleOutcome:
     """Add ``n`` new distinct motifs to a starting model's catalogue, in one transaction.
 
@@ -516,8 +631,10 @@ def sample_motifs(
     the model's symmetry has the same PDF and would only repeat its fit.
 
     ``strategy`` is 'uniform' (ML-MotEx's sampler; ``min_atoms``/``max_atoms``
-    bound the number of kept permutable atoms) or 'sphere' (the cookie cutter,
-    radii in Å). The seed (drawn when not given) is recorded in ``motif.sampler``;
+    bound the number of kept permutable atoms), 'sphere' (the cookie cutter,
+    radii in Å) or 'guided' (around the current answer: the contributions and
+    best fits of the latest explained model, for dataset ``data`` when given;
+    :func:`sample_guided_masks`). The seed (drawn when not given) is recorded in ``motif.sampler``;
     the same seed on the same catalogue gives the same motifs.
     """
     from motex_db.db import transaction
@@ -525,8 +642,8 @@ def sample_motifs(
 
     if n < 1:
         raise InputError(f"--n must be at least 1, not {n}.")
-    if strategy not in ("uniform", "sphere"):
-        raise InputError(f"unknown sampling strategy '{strategy}' (use uniform or sphere).")
+    if strategy not in ("uniform", "sphere", "guided"):
+        raise InputError(f"unknown sampling strategy '{strategy}' (use uniform, sphere or guided).")
     if dedup not in ("mask", "isometry"):
         raise InputError(f"unknown --dedup '{dedup}' (use mask or isometry).")
     if seed is None:
@@ -544,6 +661,10 @@ def sample_motifs(
                 )
             draw = lambda count, taken: sample_uniform_masks(model.n_permutable, count, rng, taken, min_atoms, k_max)
             sampler = f"uniform k={min_atoms}..{k_max} seed={seed}"
+        elif strategy == "guided":
+            contributions, best, source = _guide(session, model, data)
+            draw = lambda count, taken: sample_guided_masks(contributions, best, count, rng, taken)
+            sampler = f"guided {source} seed={seed}"
         else:
             flags = np.isin(np.asarray(model.elements), model.permutable_elements)
             draw = lambda count, taken: sample_sphere_masks(

@@ -58,6 +58,9 @@ __all__ = [
     "PolishOutcome",
     "polish_motif",
     "latest_polish",
+    "ExtractRound",
+    "ExtractOutcome",
+    "extract_motif",
 ]
 
 #: Fits a polish may spend unless told otherwise.
@@ -615,3 +618,155 @@ def latest_polish(engine, structure: str, dataset: str) -> Optional[PolishOutcom
             .where(PolishRun.status == "done").order_by(PolishRun.id.desc())
         ).first()
     return None if run is None else _outcome(engine, run, structure, dataset, False, f"motif {run.start_motif_id}")
+
+
+# ============================================================================ the whole loop: `motex-db extract`
+
+
+#: Share of an extract's budget kept for the polish at the end.
+EXTRACT_POLISH_SHARE = 0.2
+#: Fewest motifs in a sampling round of extract.
+EXTRACT_MIN_ROUND = 200
+
+
+@dataclass
+class ExtractRound:
+    """One round of extract: motifs sampled so far, the model and what its explanation said."""
+
+    index: int
+    strategy: str  # 'uniform' (the first round) or 'guided'
+    n_sampled: int  # sampled motifs in the catalogue after the round
+    trained_model_id: int
+    extracted_mask: str
+    extracted_rwp: Optional[float]
+    sign_changes: Optional[int]  # atoms whose sign differs from the three-quarters model's
+
+
+@dataclass
+class ExtractOutcome:
+    """What ``extract`` did: its rounds, why it stopped sampling, and the polish of the last answer."""
+
+    structure: str
+    dataset: str
+    budget: int
+    rounds: list
+    converged: bool
+    fits: int  # fits of sampled and extracted motifs for the explanation's configuration
+    polish: Optional[PolishOutcome]
+    explanation: object = None  # the last round's ExplainOutcome
+
+
+def _sampled_count(engine, model_id: int) -> int:
+    import sqlalchemy as sa
+    from sqlmodel import Session, select
+
+    from motex_db.learning import EXTRACTED_SAMPLER_PREFIX
+    from motex_db.models import Motif
+
+    with Session(engine) as session:
+        return session.exec(
+            select(sa.func.count()).select_from(Motif).where(Motif.starting_model_id == model_id)
+            .where(~Motif.sampler.startswith(EXTRACTED_SAMPLER_PREFIX)).where(~Motif.sampler.startswith(POLISH_SAMPLER))
+        ).one()
+
+
+def _fits_outside_polish(engine, model_id: int, dataset_id: int, fit_config_id: int) -> int:
+    import sqlalchemy as sa
+    from sqlmodel import Session, select
+
+    from motex_db.models import FitResult, Motif
+
+    with Session(engine) as session:
+        return session.exec(
+            select(sa.func.count()).select_from(FitResult).join(Motif, Motif.id == FitResult.motif_id)
+            .where(Motif.starting_model_id == model_id).where(FitResult.dataset_id == dataset_id)
+            .where(FitResult.fit_config_id == fit_config_id).where(~Motif.sampler.startswith(POLISH_SAMPLER))
+        ).one()
+
+
+def extract_motif(
+    engine,
+    structure: str,
+    dataset: str,
+    budget: int,
+    round_size: Optional[int] = None,
+    seed: int = 0,
+    n_iter: int = 10,
+    settings=None,
+    polish_budget: Optional[int] = None,
+    mlflow_uri: Optional[str] = None,
+    on_stage: Callable[[str], None] = lambda message: None,
+    on_fit_progress=lambda progress: None,
+    on_polish_progress: Callable[[int, int, float], None] = lambda evaluated, budget, best_rwp: None,
+) -> ExtractOutcome:
+    """Sample, fit, train and explain in rounds until the contributions converge or the budget is spent, then polish.
+
+    ``budget`` counts fits. The first round samples uniformly (ML-MotEx's
+    sampler), later rounds around the current answer (guided); every round
+    has ``round_size`` motifs (default: a fifth of what the budget leaves after
+    the polish's share, at least 200). The contributions have converged when
+    the model trained on three quarters of the fits gives every atom the same
+    sign. What is left of the budget (at least its polish share) goes to the
+    polish of the last extracted motif.
+
+    Every step is one of the resumable commands: a rerun finds the sampled
+    rounds (the catalogue holds round x round_size sampled motifs), the fits,
+    the trained models and contributions, and the polish run in the record,
+    and goes on from the first unfinished step.
+    """
+    from motex_db.catalogue import sample_motifs
+    from motex_db.datasets import get_dataset
+    from motex_db.explain import explain_model
+    from motex_db.fitting.settings import FitSettings
+    from motex_db.fitting.work import fit_catalogue, get_or_create_fit_config
+    from motex_db.learning import train_model
+    from motex_db.structures import get_starting_model
+    from sqlmodel import Session
+
+    if budget < 2 * EXTRACT_MIN_ROUND:
+        raise InputError(f"--budget must be at least {2 * EXTRACT_MIN_ROUND} fits, not {budget}.")
+    settings = settings or FitSettings.for_recipe("fast")
+    with Session(engine) as session:
+        model = get_starting_model(session, structure)
+        data = get_dataset(session, dataset)
+    config = get_or_create_fit_config(engine, settings.resolved(data.meta or {}))
+    reserve = int(budget * EXTRACT_POLISH_SHARE) if polish_budget is None else int(polish_budget)
+    if not 1 <= reserve < budget:
+        raise InputError(f"the polish budget must be at least 1 and below --budget ({budget}), not {reserve}.")
+    if round_size is None:
+        round_size = max(EXTRACT_MIN_ROUND, (budget - reserve) // 5)
+    if round_size < 1:
+        raise InputError(f"--round must be at least 1 motif, not {round_size}.")
+    rounds: list[ExtractRound] = []
+    converged = False
+    explanation = None
+    index = 0
+    while True:
+        target = (index + 1) * round_size
+        if index > 0 and _fits_outside_polish(engine, model.id, data.id, config.id) + round_size + 1 > budget - reserve:
+            break
+        strategy = "uniform" if index == 0 else "guided"
+        have = _sampled_count(engine, model.id)
+        if have < target:
+            on_stage(f"round {index + 1}: sampling {target - have} motifs ({strategy})")
+            sample_motifs(engine, structure, target - have, strategy, seed + index, data=dataset if index else None)
+        on_stage(f"round {index + 1}: fitting")
+        fit_catalogue(engine, structure, dataset, settings, on_progress=on_fit_progress)
+        on_stage(f"round {index + 1}: training")
+        trained = train_model(engine, structure, dataset, config.id, n_iter=n_iter, seed=seed, mlflow_uri=mlflow_uri)
+        on_stage(f"round {index + 1}: explaining")
+        explanation = explain_model(engine, structure, dataset, trained.trained_model_id)
+        changes = (explanation.convergence or {}).get("three_quarters", {}).get("sign_changes")
+        rounds.append(ExtractRound(index + 1, strategy, _sampled_count(engine, model.id), trained.trained_model_id,
+                                   explanation.extracted_mask, explanation.extracted_rwp, changes))
+        index += 1
+        if changes == 0:
+            converged = True
+            break
+    spent = _fits_outside_polish(engine, model.id, data.id, config.id)
+    polish = None
+    if explanation is not None and "1" in explanation.extracted_mask:
+        left = max(budget - spent, reserve)
+        on_stage(f"polishing the extracted motif ({left} fits at most)")
+        polish = polish_motif(engine, structure, dataset, "extracted", left, seed, on_progress=on_polish_progress)
+    return ExtractOutcome(structure, dataset, budget, rounds, converged, spent, polish, explanation)

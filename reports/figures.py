@@ -19,8 +19,8 @@ from motex_db.learning import N_INITIAL
 from motex_db.reports.data import MotifFit
 from motex_db.reports.recompute import ConvergenceLine, FitCurve, HoldoutPredictions, TrainingShap
 from motex_db.reports.style import (
-    BEST_COLOUR, CALCULATED_COLOUR, CONTRIBUTION_SCALE, DIFFERENCE_COLOUR, EXTRACTED_COLOUR, KEPT_COLOUR,
-    OBSERVED_COLOUR, REMOVED_COLOUR, atom_labels, base_layout, symmetric_clipped_range,
+    BEST_COLOUR, CALCULATED_COLOUR, DIFFERENCE_COLOUR, EXTRACTED_COLOUR, KEPT_COLOUR,
+    OBSERVED_COLOUR, REMOVED_COLOUR, atom_labels, base_layout, contribution_colours, symmetric_clipped_range,
 )
 
 __all__ = [
@@ -231,8 +231,7 @@ def contribution_bars(contributions: pd.DataFrame) -> go.Figure:
     fig = go.Figure(go.Bar(
         x=labels, y=table["contribution"], name="contribution",
         error_y=dict(type="data", array=table["uncertainty"], thickness=1, width=2, color="#555"),
-        marker=dict(color=np.clip(table["contribution"], -limit, limit), colorscale=CONTRIBUTION_SCALE,
-                    cmin=-limit, cmax=limit, line=dict(color="#555", width=0.5)),
+        marker=dict(color=contribution_colours(table["contribution"], limit), line=dict(color="#555", width=0.5)),
         customdata=np.stack([table["uncertainty"], table["confidence"]], axis=1),
         hovertemplate="%{x}: %{y:.4f} ± %{customdata[0]:.4f}<br>confidence %{customdata[1]:.2f}<extra></extra>",
     ))

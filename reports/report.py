@@ -110,6 +110,8 @@ def write_report(
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
+        # mkstemp makes the file 0600; give it the mode any other new file gets (0666 less the umask)
+        os.chmod(scratch, 0o666 & ~_umask())
         os.replace(scratch, out_path)
     except BaseException:
         Path(scratch).unlink(missing_ok=True)
@@ -121,6 +123,13 @@ def write_report(
         mlflow_run_ids=logged, mlflow_tagged_run_ids=tagged, mlflow_missing_run_ids=missing,
         n_minings=len(minings),
     )
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it; it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _log_to_mlflow(engine: Engine, data: ReportData, path: Path, mlflow_uri: Optional[str]) -> tuple[list, list, list]:

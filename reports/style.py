@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import numpy as np
-import plotly.graph_objects as go
 import plotly.express as px
+import plotly.graph_objects as go
+from plotly.colors import sample_colorscale
 
 # Diverging scale for contributions: blue = negative (keeping the atom lowers
 # Rwp: it belongs to the motif), red = positive, white = 0. The same in the
@@ -30,6 +31,16 @@ def structure_colour(index: int) -> str:
 def atom_labels(elements: Sequence[str]) -> list[str]:
     """Labels of the permutable atoms, 1-based in file order: ``["W1", "W2", ...]``."""
     return [f"{el}{i}" for i, el in enumerate(elements, start=1)]
+
+
+def contribution_colours(values: np.ndarray, limit: float) -> list[str]:
+    """Colour strings ("rgb(r, g, b)") of contributions on :data:`CONTRIBUTION_SCALE` over [-limit, limit].
+
+    Bars are given these rather than numbers: plotly reads a bar's numeric
+    colours once more as colour strings and warns "Invalid color specifier" for each.
+    """
+    values = np.clip(np.asarray(values, dtype=float), -limit, limit)
+    return sample_colorscale(CONTRIBUTION_SCALE, ((values + limit) / (2.0 * limit)).tolist())
 
 
 def symmetric_clipped_range(values: np.ndarray, low: float = 10, high: float = 90) -> float:

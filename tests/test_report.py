@@ -39,7 +39,8 @@ CHROMIUM_FLAGS = [
 ]
 # Injected first into <head>: collects script errors, failed resource loads
 # (which is what a network dependency would give), unhandled rejections and
-# console.error calls, and, once the page has loaded and settled, what each
+# console.error, console.warn and console.trace calls (plotly's warnings, such
+# as a colour it cannot read, go to console.trace), and, once the page has loaded and settled, what each
 # figure's div holds; writes all of it as JSON into a hidden <pre> that
 # --dump-dom returns.
 PROBE = """<script>(function () {
@@ -51,8 +52,10 @@ PROBE = """<script>(function () {
     else { note("error", (e.message || e.type) + (e.filename ? " at " + e.filename + ":" + e.lineno : "")); }
   }, true);
   window.addEventListener("unhandledrejection", function (e) { note("unhandledrejection", String(e.reason && (e.reason.stack || e.reason))); });
-  var consoleError = console.error;
-  console.error = function () { note("console.error", Array.prototype.map.call(arguments, String).join(" ")); return consoleError.apply(console, arguments); };
+  ["error", "warn", "trace"].forEach(function (level) {
+    var original = console[level];
+    console[level] = function () { note("console." + level, Array.prototype.map.call(arguments, String).join(" ")); return original.apply(console, arguments); };
+  });
   window.addEventListener("load", function () { setTimeout(function () {
     var figures = [];
     document.querySelectorAll(".plotly-graph-div").forEach(function (div) {
@@ -345,3 +348,54 @@ def test_structure_mining_section_renders_in_headless_chromium(tmp_path):
     for figure in probe["figures"]:
         assert figure["svg"] >= 1 and figure["traces"] == 3 and figure["height"] >= 300, figure
     assert probe["scrollWidth"] <= 1280
+
+
+def test_report_file_gets_the_mode_of_any_new_file(record, tmp_path):
+    import os
+    import stat
+
+    for umask in (0o022, 0o077):
+        previous = os.umask(umask)
+        try:
+            out = tmp_path / f"report-{umask:o}.html"
+            result = run_cli("report", "--out", out, "--structure", STRUCTURE, db=record)
+        finally:
+            os.umask(previous)
+        assert result.exit_code == 0, result.output
+        assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+        assert not list(tmp_path.glob(f".{out.name}.*"))  # no scratch file left behind
+
+
+def test_default_3d_view_shows_no_other_atom_inside_the_motif():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from motex_db.reports.structure_view import motif_view, structure_figure
+
+    # a motif of four atoms in a square, one positive atom right behind its centre as seen
+    # from the usual oblique camera, and three further away
+    usual = np.array([1.05, 1.05, 0.8]) / np.linalg.norm([1.05, 1.05, 0.8])
+    square = np.array([[2.0, 0, 0], [-2.0, 0, 0], [0, 2.0, 0], [0, -2.0, 0]]) @ np.linalg.qr(np.c_[usual, np.eye(3)[:, :2]])[0]
+    positions = np.vstack([square, -6.0 * usual, [[9.0, 0, 0], [0, 9.0, 0], [0, 0, 9.0]]])
+    in_motif = np.array([True] * 4 + [False] * 4)
+    eye, up = motif_view(positions, in_motif)
+    assert abs(np.linalg.norm(eye) - 1) < 1e-12 and abs(eye @ up) < 1e-12
+    relative = positions - positions[in_motif].mean(axis=0)
+    sideways = np.linalg.norm(relative - np.outer(relative @ eye, eye), axis=1)
+    assert sideways[~in_motif].min() > sideways[in_motif].max() + 1.0
+    # from the usual camera the positive atom sits in the middle of the motif
+    usual_sideways = np.linalg.norm(relative - np.outer(relative @ usual, usual), axis=1)
+    assert usual_sideways[4] < usual_sideways[in_motif].max()
+
+    structure = SimpleNamespace(name="square", positions=positions, elements=["W"] * 8, permutable_elements=["W"],
+                                bond_cutoff=1.0)
+    table = pd.DataFrame({"atom_index": np.arange(1, 9), "element": "W", "uncertainty": 0.001, "confidence": 1.0,
+                          "contribution": [-0.02, -0.01, -0.015, -0.02, 0.01, 0.02, 0.005, 0.0]})
+    fig = structure_figure(structure, table)
+    motif, outside = (t for t in fig.data if t.type == "scatter3d" and t.mode == "markers")
+    assert len(motif.x) == 4 and motif.marker.opacity == 1 and len(outside.x) == 4 and outside.marker.opacity < 0.5
+    camera = fig.layout.scene.camera
+    assert camera.projection.type == "orthographic"
+    shown = np.array([camera.eye.x, camera.eye.y, camera.eye.z])
+    assert np.allclose(shown / np.linalg.norm(shown), eye)
