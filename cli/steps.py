@@ -20,7 +20,8 @@ def sample(
     n: Optional[int] = typer.Option(None, "--n", help="How many new distinct motifs to add."),
     min_atoms: int = typer.Option(1, "--min-atoms", help="Fewest kept permutable atoms (uniform)."),
     max_atoms: Optional[int] = typer.Option(None, "--max-atoms", help="Most kept permutable atoms (uniform; default N)."),
-    strategy: str = typer.Option("uniform", "--strategy", help="uniform (ML-MotEx's sampler) or sphere (cookie cutter)."),
+    strategy: str = typer.Option("uniform", "--strategy", help="uniform (ML-MotEx's sampler), sphere (cookie cutter) or guided (around the latest explanation's answer)."),
+    data: Optional[str] = typer.Option(None, "--data", help="guided: the dataset whose latest explanation guides the draws (default: the latest of any)."),
     radius_min: float = typer.Option(3.0, "--radius-min", help="Smallest sphere radius in Å (sphere)."),
     radius_max: float = typer.Option(10.0, "--radius-max", help="Largest sphere radius in Å (sphere)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (drawn and recorded when not given)."),
@@ -41,7 +42,7 @@ def sample(
             + f"; the catalogue holds {outcome.total}."
         )
         return
-    outcome = sample_motifs(engine, structure, n, strategy, seed, min_atoms, max_atoms, radius_min, radius_max, dedup)
+    outcome = sample_motifs(engine, structure, n, strategy, seed, min_atoms, max_atoms, radius_min, radius_max, dedup, data)
     console.print(f"added {outcome.added} new motifs to '{structure}' ({outcome.sampler}); the catalogue holds {outcome.total}.")
     if dedup == "isometry":
         console.print(
