@@ -130,13 +130,16 @@ def ui(
     if not _port_free(host, port):
         raise MotexError(f"port {port} on {host} is in use: choose another with --port.")
 
-    command = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", location.tracking_uri,
-        "--host", host, "--port", str(port), "--workers", "1",
-    ]
+    command = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", "1"]
+    environment = {
+        **os.environ,
+        # in the environment rather than on the command line, where `ps` would show a password
+        "MLFLOW_BACKEND_STORE_URI": location.tracking_uri,
+        # MLflow 3's GenAI job runner would add seven huey worker processes we have no use for
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
     if location.artifact_location:
-        command += ["--default-artifact-root", location.artifact_location]
+        environment["MLFLOW_DEFAULT_ARTIFACT_ROOT"] = location.artifact_location
     log_path = Path(tempfile.gettempdir()) / f"motex-db-ui-{port}.log"
     display_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     base_url = f"http://{display_host}:{port}"
@@ -145,9 +148,7 @@ def ui(
         # Its own session: Ctrl-C reaches motex-db alone, which then stops the server quietly.
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=_end_with_parent,
-            # MLflow 3's GenAI job runner would add seven huey worker processes we have no use for
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            start_new_session=True, preexec_fn=_end_with_parent, env=environment,
         )
     try:
         # Holding the store's lock while MLflow creates or migrates it keeps our own processes from racing it.

@@ -151,6 +151,9 @@ def test_ui_prints_the_runs_page_and_serves_the_runs_params_and_metrics(ui):
         assert any("extracted" in k and "rwp" in k for k in names), sorted(names)
         assert any("extracted" in k and ("size" in k or "atoms" in k) for k in names), sorted(names)
         assert any(k.startswith("best") and "rwp" in k and "cv" not in k for k in names), sorted(names)
+        # the artefacts come from the record's own artefact root, through the server
+        files = _api(base, f"artifacts/list?run_id={run['info']['run_id']}").get("files", [])
+        assert files, f"no artefacts served for {run['info']['run_name']}"
 
 
 def test_ui_refuses_a_port_in_use(record, motex_process):
@@ -161,6 +164,37 @@ def test_ui_refuses_a_port_in_use(record, motex_process):
         result = motex_process("ui", "--port", port, db=record)
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert f"port {port} on 127.0.0.1 is in use" in result.stderr
+
+
+def test_ui_on_a_postgresql_record_opens_its_own_mlflow_database(postgres_url, tmp_path):
+    """A PostgreSQL record keeps its runs in NAME_mlflow on the same server: the UI shows them."""
+    from motex_db.db import open_engine
+    from motex_db.tracking import open_tracker
+
+    open_engine(postgres_url).dispose()
+    tracker = open_tracker(postgres_url)
+    run_id = tracker.start_run("train pg-structure / pg-data", {"structure": "pg-structure"}, {"recipe": "fast"})
+    port = _free_port()
+    process = subprocess.Popen(
+        [motex_executable(), "--db", postgres_url, "ui", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        cwd=tmp_path, start_new_session=True,
+    )
+    try:
+        while "training runs:" not in (line := process.stdout.readline()):
+            assert line, process.communicate(timeout=30)[1]
+        base = f"http://127.0.0.1:{port}"
+        assert line.split("training runs:")[1].strip() == f"{base}/#/experiments/{tracker.experiment_id}/runs"
+        runs = _api(base, "runs/search", {"experiment_ids": [tracker.experiment_id]})["runs"]
+        assert [r["info"]["run_id"] for r in runs] == [run_id]
+        assert runs[0]["data"]["params"] == [{"key": "recipe", "value": "fast"}]
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0
 
 
 class Chromium:
