@@ -240,6 +240,10 @@ class FitResult(SQLModel, table=True):
     seconds: float = 0.0
     # scores of this motif averaged into the result by import-fits (ML-MotEx's files repeat masks); 1 otherwise
     n_averaged: int = Field(default=1, sa_column=sa.Column(sa.Integer, nullable=False, server_default="1"))
+    # the motif whose fit this result copies (an image of this one: same isometry signature, same PDF);
+    # NULL when this motif was fitted itself. No foreign key: SQLite adds one only by copying the
+    # table, which would break the views on it; both motifs go with their starting model.
+    fitted_motif_id: Optional[int] = None
     created_at: datetime = _created_at()
 
 

@@ -218,15 +218,26 @@ def test_sample_dedup_isometry_stores_one_motif_per_signature_and_images_fit_ali
     old = {signature for signature, sampler in rows if "dedup=isometry" not in sampler}
     assert len(new) == 200 and len(set(new)) == 200 and not set(new) & old
 
-    # two images among the plain motifs: the same fit
+    # images among the plain motifs: one is fitted, the others copy its result and name it
     assert motex("fit", "--structure", "keggin", "--data", "danmax", db=db).exit_code == 0
-    fits = query(db, "SELECT m.signature, r.rwp FROM motif m JOIN fit_result r ON r.motif_id = m.id WHERE r.status = 'ok'")
-    by_signature: dict = {}
-    for signature, rwp in fits:
-        by_signature.setdefault(signature, []).append(rwp)
-    repeated = [values for values in by_signature.values() if len(values) > 1]
-    assert repeated
-    assert max(max(v) - min(v) for v in repeated) < 1e-6
+    fits = query(db, "SELECT m.id, m.mask, m.signature, r.rwp, r.fitted_motif_id, r.seconds FROM motif m "
+                     "JOIN fit_result r ON r.motif_id = m.id WHERE r.status = 'ok'")
+    assert len(fits) == 500
+    by_id = {row[0]: row for row in fits}
+    copies = [row for row in fits if row[4] is not None]
+    assert copies and len(copies) == 500 - len({row[2] for row in fits})
+    for motif_id, _, signature, rwp, source, seconds in copies:
+        assert by_id[source][2] == signature and by_id[source][4] is None and by_id[source][3] == rwp and seconds == 0
+    # and a copy is what fitting that motif itself gives
+    from motex_db.catalogue import masks_from_text
+    from motex_db.db import create_db_engine
+    from motex_db.fitting.settings import FitSettings
+    from motex_db.fitting.work import prepare_fit
+
+    prepared = prepare_fit(create_db_engine(db), "keggin", "danmax", FitSettings())
+    masks = masks_from_text([row[1] for row in copies[:40]], 24)
+    refitted = prepared.fitter().fit_frames(masks, [0])[0].rwp
+    assert np.max(np.abs(refitted - np.array([row[3] for row in copies[:40]]))) < 1e-6
 
     bad = motex("sample", "--structure", "keggin", "--n", "5", "--dedup", "shape", db=db)
     assert bad.exit_code == 2 and "unknown --dedup 'shape'" in bad.stderr

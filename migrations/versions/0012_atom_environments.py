@@ -54,9 +54,13 @@ def upgrade() -> None:
     )
     op.add_column("motif", sa.Column("signature", sa.String(32), nullable=True))
     op.create_index("ix_motif_model_signature", "motif", ["starting_model_id", "signature"])
+    # no foreign key: SQLite adds one only by copying the table, which would break the views on it; the
+    # motif named belongs to the same starting model, whose removal takes both
+    op.add_column("fit_result", sa.Column("fitted_motif_id", sa.Integer, nullable=True))
 
 
 def downgrade() -> None:
+    op.execute("ALTER TABLE fit_result DROP COLUMN fitted_motif_id")
     op.drop_index("ix_motif_model_signature", "motif")
     # plain ALTER TABLE (SQLite >= 3.35 and PostgreSQL): a batch copy of the table would break the views on it
     op.execute("ALTER TABLE motif DROP COLUMN signature")

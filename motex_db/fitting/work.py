@@ -331,21 +331,32 @@ def claim_batch(
 
 
 def write_results(
-    engine: Engine, job: FitJob, worker: str, motif_ids: list[int], batches: Sequence, frames: Sequence[int] | None = None
+    engine: Engine, job: FitJob, worker: str, motif_ids: list[int], batches: Sequence, frames: Sequence[int] | None = None,
+    fitted_from: Sequence[Optional[int]] | None = None, signatures: Sequence[str] | None = None,
 ) -> int:
     """Store fitted batches (one per dataset of the job, or per index in ``frames``) and drop their claims,
     in one transaction; returns the rows offered.
 
-    Rows that exist already (another worker's, or a frame fitted before) are kept.
+    Rows that exist already (another worker's, or a frame fitted before) are kept. ``fitted_from`` names, per
+    motif, the image whose fit a result copies (None: fitted itself); ``signatures`` are stored on motifs that
+    lack theirs, so that later batches find these fits by signature.
     """
     now = utcnow()
     rows = []
     dataset_ids = job.dataset_ids if frames is None else [job.dataset_ids[i] for i in frames]
     for dataset_id, batch in zip(dataset_ids, batches, strict=True):
-        rows.extend(_result_rows(job, dataset_id, motif_ids, batch, now))
+        rows.extend(_result_rows(job, dataset_id, motif_ids, batch, now, fitted_from))
     with transaction(engine) as session:
         # a claim that expired may have been fitted by another worker meanwhile: keep theirs
         _store_results(session, rows)
+        if signatures is not None:
+            session.execute(
+                sa.update(Motif.__table__)
+                .where(Motif.__table__.c.id == sa.bindparam("motif_id"))
+                .where(Motif.__table__.c.signature.is_(None))
+                .values(signature=sa.bindparam("new_signature")),
+                [{"motif_id": m, "new_signature": g} for m, g in zip(motif_ids, signatures)],
+            )
         session.execute(
             sa.delete(FitClaim)
             .where(FitClaim.worker == worker)
@@ -356,7 +367,9 @@ def write_results(
     return len(rows)
 
 
-_RESULT_COLUMNS = ("motif_id", "dataset_id", "fit_config_id", "status", "rwp", "params", "error", "seconds", "created_at")
+_RESULT_COLUMNS = (
+    "motif_id", "dataset_id", "fit_config_id", "status", "rwp", "params", "error", "seconds", "fitted_motif_id", "created_at",
+)
 
 
 def _store_results(session: Session, rows: list[dict]) -> None:
@@ -389,7 +402,7 @@ def _store_results(session: Session, rows: list[dict]) -> None:
 
     values = [
         (r["motif_id"], r["dataset_id"], r["fit_config_id"], r["status"], r["rwp"], convert["params"](r["params"]),
-         r["error"], r["seconds"], stamp(r["created_at"]))
+         r["error"], r["seconds"], r.get("fitted_motif_id"), stamp(r["created_at"]))
         for r in rows
     ]
     session.connection().exec_driver_sql(
@@ -399,7 +412,9 @@ def _store_results(session: Session, rows: list[dict]) -> None:
     )
 
 
-def _result_rows(job: FitJob, dataset_id: int, motif_ids: list[int], batch, now) -> list[dict]:
+def _result_rows(
+    job: FitJob, dataset_id: int, motif_ids: list[int], batch, now, fitted_from: Sequence[Optional[int]] | None = None
+) -> list[dict]:
     rows = []
     for index, motif_id in enumerate(motif_ids):
         ok = bool(batch.ok[index])
@@ -413,6 +428,7 @@ def _result_rows(job: FitJob, dataset_id: int, motif_ids: list[int], batch, now)
                 "params": batch.params[index] if ok else None,
                 "error": None if ok else (batch.errors[index] or "the fit failed"),
                 "seconds": float(batch.seconds[index]),
+                "fitted_motif_id": fitted_from[index] if fitted_from is not None else None,
                 "created_at": now,
             }
         )
@@ -552,6 +568,99 @@ def _joined(first, second):
     )
 
 
+@dataclass(frozen=True)
+class ImageFinder:
+    """Isometry signatures of a starting model's motifs (:func:`motex_db.environments.motif_signatures`)."""
+
+    elements: list
+    positions: np.ndarray
+    membership: np.ndarray
+
+    def signatures(self, masks: np.ndarray) -> list[str]:
+        from motex_db.environments import motif_signatures
+
+        return motif_signatures(masks, self.membership, self.elements, self.positions)
+
+
+def image_finder(model: StartingModel) -> Optional[ImageFinder]:
+    """Signatures for a model whose permutable atoms share environments; None when every one's is its own.
+
+    Two motifs can be images of each other only under a symmetry of the model,
+    which maps atoms onto atoms of the same environment class: where all
+    classes are single atoms, signatures would be computed for nothing.
+    """
+    from motex_db.environments import atom_environments, default_k
+
+    flags = permutable_flags(model.elements, model.permutable_elements)
+    if model.n_atoms < 2:
+        return None
+    classes = atom_environments(model.elements, model.positions, default_k(model.n_atoms)).classes[flags]
+    if len(np.unique(classes)) == classes.size:
+        return None
+    return ImageFinder(list(model.elements), model.positions, membership_matrix(model.positions, flags, model.bond_cutoff))
+
+
+def fits_by_signature(engine: Engine, job: FitJob, signatures: Sequence[str]) -> dict[str, tuple]:
+    """Stored results of the job's (single) dataset for motifs with these signatures.
+
+    signature -> (the motif actually fitted, status, rwp, params, error).
+    """
+    found: dict[str, tuple] = {}
+    wanted = sorted(set(signatures))
+    with Session(engine) as session:
+        for start in range(0, len(wanted), 5000):
+            rows = session.execute(
+                sa.select(Motif.signature, FitResult.motif_id, FitResult.fitted_motif_id, FitResult.status,
+                          FitResult.rwp, FitResult.params, FitResult.error)
+                .join(Motif, Motif.id == FitResult.motif_id)
+                .where(Motif.starting_model_id == job.starting_model_id)
+                .where(Motif.signature.in_(wanted[start:start + 5000]))
+                .where(FitResult.dataset_id == job.dataset_id)
+                .where(FitResult.fit_config_id == job.fit_config_id)
+            ).all()
+            for signature, motif_id, fitted_id, status, rwp, params, error in rows:
+                found.setdefault(signature, (fitted_id or motif_id, status, rwp, params, error))
+    return found
+
+
+def fit_one_per_signature(fitter, masks: np.ndarray, motif_ids: Sequence[int], signatures: Sequence[str],
+                          known: dict[str, tuple]):
+    """Fit one motif per signature not in ``known`` and give every motif its signature's result.
+
+    Returns (one FitBatch for all motifs, the motif each result was fitted on: None where fitted itself).
+    """
+    from motex_db.fitting.batched import FitBatch
+
+    first: dict[str, int] = {}
+    for index, signature in enumerate(signatures):
+        if signature not in known and signature not in first:
+            first[signature] = index
+    fitted_rows = list(first.values())
+    fitted = fit_isolating_failures(fitter, masks[fitted_rows], [0])[0] if fitted_rows else None
+    position = {row: n for n, row in enumerate(fitted_rows)}
+    n = len(signatures)
+    rwp, ok, seconds = np.full(n, np.nan), np.zeros(n, dtype=bool), np.zeros(n)
+    params: list = [None] * n
+    errors: list = [None] * n
+    fitted_from: list[Optional[int]] = [None] * n
+    for index, signature in enumerate(signatures):
+        if signature in known:
+            source, status, value, stored_params, error = known[signature]
+            ok[index] = status == "ok"
+            rwp[index] = value if ok[index] else np.nan
+            params[index], errors[index], fitted_from[index] = stored_params, error, source
+            continue
+        representative = first[signature]
+        j = position[representative]
+        rwp[index], ok[index] = fitted.rwp[j], fitted.ok[j]
+        params[index], errors[index] = fitted.params[j], fitted.errors[j]
+        if index == representative:
+            seconds[index] = fitted.seconds[j]
+        else:
+            fitted_from[index] = motif_ids[representative]
+    return FitBatch(rwp=rwp, ok=ok, params=params, errors=errors, seconds=seconds), fitted_from
+
+
 def run_worker(
     engine: Engine,
     prepared: PreparedFit,
@@ -571,6 +680,8 @@ def run_worker(
     worker = worker_id()
     fitter = prepared.fitter()
     n_frames = len(prepared.job.dataset_ids)
+    # a symmetric model: one fit per isometry signature, the others copy it (single datasets)
+    images = image_finder(prepared.model) if n_frames == 1 else None
     size = batch_size or max(16, FIRST_BATCH // n_frames)
     done = failed = 0
     after = 0
@@ -586,9 +697,16 @@ def run_worker(
         masks = masks_from_text([mask for _, mask in claimed], prepared.model.n_permutable)
         frames, n_new = reconnecting(engine, missing_frames, engine, prepared.job, ids)
         started = time.perf_counter()
-        batches = fit_isolating_failures(fitter, masks, frames)
+        fitted_from = signatures = None
+        if images is not None and frames:
+            signatures = images.signatures(masks)
+            known = reconnecting(engine, fits_by_signature, engine, prepared.job, signatures)
+            batch, fitted_from = fit_one_per_signature(fitter, masks, ids, signatures, known)
+            batches = [batch]
+        else:
+            batches = fit_isolating_failures(fitter, masks, frames)
         spent = time.perf_counter() - started
-        reconnecting(engine, write_results, engine, prepared.job, worker, ids, batches, frames)
+        reconnecting(engine, write_results, engine, prepared.job, worker, ids, batches, frames, fitted_from, signatures)
         n_failed = sum(int((~np.asarray(batch.ok)).sum()) for batch in batches)
         done += n_new
         failed += n_failed
