@@ -145,6 +145,11 @@ def print_fit_summary(summary) -> None:
             f"({summary.rate:,.0f} fits/s, {summary.workers} worker{'s' if summary.workers > 1 else ''}); "
             f"{summary.failed} failed."
         )
+    if summary.copied:
+        console.print(
+            f"{summary.copied} of the catalogue's results copy the fit of an image (a motif with the same pair "
+            "distances, so the same PDF): fitted once, stored for each."
+        )
     if summary.best_rwp is not None:
         where = f" (frame '{summary.best_frame}')" if summary.best_frame else ""
         console.print(

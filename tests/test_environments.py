@@ -219,13 +219,15 @@ def test_sample_dedup_isometry_stores_one_motif_per_signature_and_images_fit_ali
     assert len(new) == 200 and len(set(new)) == 200 and not set(new) & old
 
     # images among the plain motifs: one is fitted, the others copy its result and name it
-    assert motex("fit", "--structure", "keggin", "--data", "danmax", db=db).exit_code == 0
+    fitted = motex("fit", "--structure", "keggin", "--data", "danmax", db=db)
+    assert fitted.exit_code == 0
     fits = query(db, "SELECT m.id, m.mask, m.signature, r.rwp, r.fitted_motif_id, r.seconds FROM motif m "
                      "JOIN fit_result r ON r.motif_id = m.id WHERE r.status = 'ok'")
     assert len(fits) == 500
     by_id = {row[0]: row for row in fits}
     copies = [row for row in fits if row[4] is not None]
     assert copies and len(copies) == 500 - len({row[2] for row in fits})
+    assert f"{len(copies)} of the catalogue's results copy the fit of an image" in fitted.stdout
     for motif_id, _, signature, rwp, source, seconds in copies:
         assert by_id[source][2] == signature and by_id[source][4] is None and by_id[source][3] == rwp and seconds == 0
     # and a copy is what fitting that motif itself gives

@@ -135,6 +135,8 @@ class FitSummary:
     peak_memory_mb: Optional[float] = None
     n_frames: Optional[int] = None  # a series fit: the frames fitted
     best_frame: Optional[str] = None  # a series fit: the frame of the best Rwp
+    # results of the catalogue that copy an image's fit (fit_result.fitted_motif_id set)
+    copied: int = 0
     extra: dict = field(default_factory=dict)
 
     @property
@@ -822,7 +824,19 @@ def fit_catalogue(
     summary.best_rwp, summary.best_motif_id, summary.best_motif_size, best_dataset = best
     if series is not None and best_dataset is not None:
         summary.best_frame = next(d.name for p in jobs for d in p.frames if d.id == best_dataset)
+    summary.copied = sum(reconnecting(engine, count_copied, engine, p.job) for p in jobs)
     return summary
+
+
+def count_copied(engine: Engine, job: FitJob) -> int:
+    """How many of the job's results copy the fit of an image (same isometry signature)."""
+    with Session(engine) as session:
+        return session.exec(
+            select(sa.func.count()).select_from(FitResult)
+            .where(FitResult.dataset_id.in_(job.dataset_ids))
+            .where(FitResult.fit_config_id == job.fit_config_id)
+            .where(FitResult.fitted_motif_id.is_not(None))
+        ).one()
 
 
 def _run_local_workers(engine: Engine, prepared: PreparedFit, workers: int, lease_seconds: float, advance) -> None:
