@@ -156,6 +156,16 @@ def test_ui_prints_the_runs_page_and_serves_the_runs_params_and_metrics(ui):
         assert files, f"no artefacts served for {run['info']['run_name']}"
 
 
+def test_status_names_motex_db_ui_behind_the_activation_when_not_on_path(record, motex_process):
+    venv_bin = str(Path(motex_executable()).parent)
+    on_path = motex_process("status", db=record, env={"PATH": f"{venv_bin}:/usr/bin:/bin"})
+    assert on_path.exit_code == 0, on_path.output
+    assert f"\n  motex-db --db {record} ui\n" in on_path.stdout and "mlflow ui" not in on_path.stdout
+    outside = motex_process("status", db=record, env={"PATH": "/usr/bin:/bin"})
+    assert outside.exit_code == 0, outside.output
+    assert f"  source {venv_bin}/activate && motex-db --db {record} ui\n" in outside.stdout, outside.stdout
+
+
 def test_ui_refuses_a_port_in_use(record, motex_process):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
