@@ -447,6 +447,9 @@ _GUIDED_FLOOR = 0.05
 # Neighbourhood draws flip 1..this many atoms of one of the best motifs.
 _GUIDED_MAX_FLIPS = 3
 _GUIDED_MAX_FRUITLESS = 10_000
+# An atom one standard deviation of the contributions below zero is kept with
+# probability 1 / (1 + e^-2) = 0.88.
+_GUIDED_SHARPNESS = 2.0
 
 
 def sample_guided_masks(
@@ -463,8 +466,8 @@ def sample_guided_masks(
     of the second kind):
 
     - **by contribution**: atom a is kept with probability
-      1 / (1 + exp(c_a / s)), with c_a its contribution (negative: it belongs)
-      and s the standard deviation of the contributions, kept within
+      1 / (1 + exp(2 c_a / s)), with c_a its contribution (negative: it
+      belongs) and s the standard deviation of the contributions, kept within
       [0.05, 0.95] so that every atom is still kept in some motifs and removed
       in others;
     - **around the best fits**: one of ``best_masks`` ((k, N) bool, the best
@@ -482,7 +485,7 @@ def sample_guided_masks(
     n = c.size
     best = np.asarray(best_masks, dtype=bool).reshape(-1, n)
     spread = float(np.std(c))
-    keep = 1.0 / (1.0 + np.exp(np.clip(c / spread, -50, 50))) if spread > 0 else np.full(n, 0.5)
+    keep = 1.0 / (1.0 + np.exp(np.clip(_GUIDED_SHARPNESS * c / spread, -50, 50))) if spread > 0 else np.full(n, 0.5)
     keep = np.clip(keep, _GUIDED_FLOOR, 1.0 - _GUIDED_FLOOR)
     fraction = neighbourhood_fraction if len(best) else 0.0
     taken = set(existing)
