@@ -347,8 +347,8 @@ def import_fits(
         f"imported {outcome.imported} scores for '{outcome.structure}' as dataset '{outcome.source}' "
         f"(fit config {outcome.fit_config_id}); {outcome.new_motifs} motifs were new to the catalogue"
         + (f", {outcome.already} scores were already imported" if outcome.already else "")
-        + (f"; {outcome.merged + outcome.repeated_motifs} rows repeating {outcome.repeated_motifs} masks were "
-           f"averaged into one score each ({outcome.merged} merged)" if outcome.merged else "")
-        + (f"; {outcome.skipped_empty} rows with no atom kept were skipped" if outcome.skipped_empty else "")
+        + (f"; repeated masks averaged: {outcome.merged + outcome.repeated_motifs} rows into "
+           f"{outcome.repeated_motifs} scores ({outcome.merged} merged)" if outcome.merged else "")
+        + (f"; rows keeping no atom, skipped: {outcome.skipped_empty}" if outcome.skipped_empty else "")
         + f". Next: motex-db train --structure {outcome.structure} --data {outcome.source}"
     )

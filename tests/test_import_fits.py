@@ -103,8 +103,8 @@ def test_mlmotex_output_with_repeated_and_empty_masks_is_averaged(motex, line_re
     assert result.exit_code == 0, result.output
     repeated = len(set(again))
     assert "imported 255 scores" in result.stdout
-    assert f"{40 + repeated} rows repeating {repeated} masks were averaged into one score each (40 merged)" in result.stdout
-    assert "1 rows with no atom kept were skipped" in result.stdout
+    assert f"repeated masks averaged: {40 + repeated} rows into {repeated} scores (40 merged)" in result.stdout
+    assert "rows keeping no atom, skipped: 1" in result.stdout
     engine = sa.create_engine(line_record)
     with engine.connect() as connection:
         stored = dict(connection.exec_driver_sql(
