@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 import plotly.graph_objects as go
 
-__all__ = ["PolishFit", "polished_fit", "path_figure", "write_polish_files"]
+__all__ = ["PolishFit", "polished_fit", "path_figure", "write_polish_files", "polish_html"]
 
 
 @dataclass(frozen=True)
@@ -147,3 +147,69 @@ def write_polish_files(engine, outcome, out_dir: str | Path, tolerance: float) -
     files["path_plot"] = out_dir / f"{stem}_path.html"
     path_figure(outcome, tolerance).write_html(str(files["path_plot"]), include_plotlyjs="cdn")
     return files
+
+
+def polish_html(engine, run) -> str:
+    """The report's part for a run's latest polish: both answers side by side, the Rwp-versus-size path and the
+    polished motif's fit; '' when the run has no polish."""
+    from sqlmodel import Session, select
+
+    from motex_db.models import PolishRun
+    from motex_db.polish import _outcome
+    from motex_db.reports import figures, recompute
+    from motex_db.reports.data import MotifFit
+    from motex_db.reports.html import FigureBlock, esc, grid_html, number, table_html
+    from motex_db.reports.sections import index_ranges
+
+    with Session(engine) as session:
+        row = session.exec(
+            select(PolishRun).where(PolishRun.starting_model_id == run.structure.id)
+            .where(PolishRun.dataset_id == run.dataset.id).where(PolishRun.fit_config_id == run.fit_config.id)
+            .where(PolishRun.status == "done").order_by(PolishRun.id.desc())
+        ).first()
+    if row is None:
+        return ""
+    start_label = (f"SHAP answer (motif {row.start_motif_id})" if run.extracted is not None
+                   and run.extracted.motif_id == row.start_motif_id else f"start (motif {row.start_motif_id})")
+    outcome = _outcome(engine, row, run.structure.name, run.dataset.name, False, start_label)
+    kept = lambda mask: [i for i, c in enumerate(mask, start=1) if c == "1"]
+    table = table_html(
+        ["", esc(start_label), "polished"],
+        [
+            ("motif id", outcome.start_motif_id, outcome.best_motif_id),
+            ("kept permutable atoms", outcome.start_mask.count("1"), outcome.best_mask.count("1")),
+            ("atoms with bonded ones", outcome.start_n_atoms, outcome.best_n_atoms),
+            ("Rwp", number(outcome.start_rwp), number(outcome.best_rwp)),
+            ("atoms", index_ranges(kept(outcome.start_mask)), index_ranges(kept(outcome.best_mask))),
+        ],
+    )
+    compact = outcome.compact(0.002)
+    text = (
+        f"Polish {outcome.run_id} ({outcome.strategy} search, {outcome.n_evaluated} motifs evaluated, "
+        f"{outcome.n_fitted} fitted, {outcome.seconds:.1f} s) added atoms {index_ranges(outcome.added) or 'none'} and "
+        f"removed {index_ranges(outcome.removed) or 'none'}."
+        + (f" The smallest motif within 0.002 of its best Rwp is motif {compact['motif_id']} with {compact['n_kept']} "
+           f"atoms (Rwp {compact['rwp']:.4f})." if compact else "")
+    )
+    blocks = [FigureBlock(path_figure(outcome, 0.002), 420,
+                          "Best Rwp at each motif size among every motif the polish evaluated: where the curve is flat, "
+                          "a smaller motif fits about as well.", f"{run.key}-polish-path")]
+    fit = MotifFit(outcome.best_motif_id, outcome.best_mask, outcome.best_mask.count("1"), outcome.best_n_atoms or 0,
+                   "polish", outcome.best_rwp, _stored_params(engine, outcome))
+    blocks.append(FigureBlock(figures.fit_figure(recompute.fit_curve(run, fit), "Polished motif"), 420,
+                              "The polished motif's fit to the data over the fit range.", f"{run.key}-polish-fit"))
+    return "\n".join(["<h3>Beyond the SHAP answer: the best-fitting motif (polish)</h3>", table,
+                      f"<p>{esc(text)}</p>", grid_html(blocks)])
+
+
+def _stored_params(engine, outcome) -> dict:
+    from sqlmodel import Session, select
+
+    from motex_db.models import FitResult, Motif
+
+    with Session(engine) as session:
+        motif = session.get(Motif, outcome.best_motif_id)
+        return session.exec(
+            select(FitResult.params).where(FitResult.motif_id == motif.id)
+            .where(FitResult.fit_config_id == outcome.fit_config_id)
+        ).first() or {}

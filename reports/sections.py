@@ -301,6 +301,10 @@ def run_section(engine, run: Run) -> str:
     ]
     if per_atom or surrogate_blocks:
         parts += ["<h3>How sure: the surrogate and its explanation</h3>", sure]
+    if not run.imported:
+        from motex_db.reports.polish import polish_html
+
+        parts.append(polish_html(engine, run))
     parts.append("</section>")
     return "\n".join(parts)
 

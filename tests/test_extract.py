@@ -60,6 +60,10 @@ def test_extract_finds_the_odd_keggin_unit_and_a_rerun_does_nothing(motex, tmp_p
     n_fits, = query(url, "SELECT count(*) FROM fit_result")[0]
     assert n_fits <= 1500
     assert any(p.name.endswith("_motif.xyz") for p in (tmp_path / "out").iterdir())
+    # the report shows both answers and the Rwp-versus-size path
+    assert motex("report", "--out", tmp_path / "report.html", db=url).exit_code == 0
+    page = (tmp_path / "report.html").read_text()
+    assert "Beyond the SHAP answer" in page and "polish-path" in page
     before = snapshot(url)
     again = motex(*args, db=url)
     assert again.exit_code == 0 and "done before" in again.stdout
