@@ -96,7 +96,7 @@ def polish_part(folder: Path, n_motifs: int, budget: int, n_iter: int) -> None:
     print(f"\n== polish from the SHAP answer ({n_motifs} uniform motifs, budget {budget} fits, fast recipe) ==")
     print(f"load before: {_load()}")
     header = ("model", "SHAP W", "SHAP Rwp", "unit Rwp", "search", "W", "Rwp", "unit?", "<=unit+0.001",
-              "evaluated", "fitted", "seconds", "fits/s")
+              "evaluated", "fitted", "stopped", "search s", "command s (with set-up)", "fits/s in the search")
     rows = []
     for name, (n_copies, n_extra) in MODELS.items():
         tag = name.split()[0] + f"_{n_copies}_{n_extra}"
@@ -109,8 +109,8 @@ def polish_part(folder: Path, n_motifs: int, budget: int, n_iter: int) -> None:
             seconds = time.perf_counter() - started
             rows.append((name, explanation.extracted_mask.count("1"), explanation.extracted_rwp, unit, strategy,
                          outcome.best_mask.count("1"), outcome.best_rwp, _has_unit(outcome.best_mask, units),
-                         outcome.best_rwp <= unit + 0.001, outcome.n_evaluated, outcome.n_fitted, seconds,
-                         outcome.n_fitted / seconds if seconds else float("nan")))
+                         outcome.best_rwp <= unit + 0.001, outcome.n_evaluated, outcome.n_fitted, outcome.stopped,
+                         outcome.seconds, seconds, outcome.n_fitted / outcome.seconds if outcome.seconds else float("nan")))
             print(" | ".join(_text(v) for v in rows[-1]), flush=True)
         engine.dispose()
     print("columns: " + " | ".join(header))
