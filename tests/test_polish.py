@@ -164,6 +164,23 @@ def test_polish_survives_kill_9_and_fits_nothing_twice(motex, tmp_path):
 
 
 @requires_shared
+def test_two_identical_polishes_at_once_share_one_run(motex, tmp_path):
+    url = f"sqlite:///{tmp_path / 'twice.db'}"
+    ids = _keggin_record(motex, url, tmp_path, ["1" * 24])
+    command = [motex_executable(), "--db", url, "polish", "--structure", "keggin", "--data", "danmax",
+               "--from", str(ids["1" * 24]), "--budget", "700"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    outputs = [p.communicate(timeout=300) for p in (first, second)]
+    assert first.returncode == 0 and second.returncode == 0, outputs
+    assert sum("done before" in out for out, _ in outputs) == 1  # one searched, the other waited and showed it
+    (run_id, n_fitted), = query(url, "SELECT id, n_fitted FROM polish_run")
+    n_stored, = query(url, f"SELECT count(*) FROM fit_result f JOIN motif m ON m.id = f.motif_id "
+                           f"WHERE m.sampler = 'polish run {run_id}'")[0]
+    assert n_fitted == n_stored + 1  # nothing fitted twice (+ the start motif, sampled before)
+
+
+@requires_shared
 def test_polish_misuse_is_one_sentence_and_changes_nothing(motex_process, tmp_path):
     url = f"sqlite:///{tmp_path / 'misuse.db'}"
     from support import run_cli
