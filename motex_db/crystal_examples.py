@@ -141,7 +141,7 @@ MINING_TARGETS: list[tuple[str, tuple, object, float]] = [
     ("fluorite", ("Th",), 5.60, 40.0),
     ("spinel", ("Cd", "Fe"), 8.69, 30.0),
     ("inverse_spinel", ("Sn", "Zn"), 8.66, 35.0),
-    ("perovskite", ("K", "Nb"), 4.02, 25.0),
+    ("perovskite", ("Ba", "Ti"), 4.00, 25.0),
     ("rutile", ("Mn",), (4.40, 2.87), 20.0),
 ]
 
