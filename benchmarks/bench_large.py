@@ -16,11 +16,12 @@ the cage's PDF plus noise as the data. Two parts:
    ML-MotEx's masks (size uniform in 1..N, then a random subset). The exact
    path is timed on fewer masks (it is ~100 times slower).
 2. The pipeline end to end through the real command line on a fresh SQLite
-   record, the 360-atom model: structure add, data add, sample, fit, train,
-   explain, then polish (issue 13 item 1; ``--no-polish`` leaves it out). Wall time per command (process start included), each command's
-   peak resident memory (its own rusage), and how much of the cage the
-   extracted motif (the atoms with negative contributions) and the polished
-   one recover, plus the same for the 60 most negative atoms (the cage's size).
+   record, the 360-atom model (``--e2e-shell`` for others): structure add,
+   data add, sample, fit, train, explain, then polish (issue 13 item 1;
+   ``--no-polish`` leaves it out). Wall time per command (process start
+   included), each command's own peak resident memory, and how much of the
+   cage the extracted motif (the atoms with negative contributions) and the
+   polished one recover, plus the same for the 60 most negative atoms.
 
 Figures are medians over ``--repeats`` for part 1 and one run for part 2;
 ``uptime``'s load is printed beside them (2 shared cores: compare figures of
@@ -109,9 +110,9 @@ def fit_rates(shells: list[int], n_masks: int, n_exact: int, repeats: int) -> No
     print(f"  peak RSS of this process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB  [{load()}]")
 
 
-def end_to_end(n_motifs: int, train_args: list[str], polish: bool) -> None:
-    print(f"part 2: the 360-atom case end to end through the CLI, {n_motifs} motifs  [{load()}]")
-    case = large_c60_case()
+def end_to_end(n_motifs: int, train_args: list[str], polish: bool, shell: int) -> None:
+    case = large_c60_case(n_shell=shell)
+    print(f"part 2: the {len(case.elements)}-atom case end to end through the CLI, {n_motifs} motifs  [{load()}]")
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         model_file, data_file = write_large_case(folder, case)
@@ -209,6 +210,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs on the grid (default 3)")
     parser.add_argument("--shells", default="240,300", help="shell sizes (default 240,300: 300 and 360 atoms)")
     parser.add_argument("--motifs", type=int, default=20_000, help="motifs sampled end to end (default 20,000)")
+    parser.add_argument("--e2e-shell", type=int, default=300, help="shell atoms end to end (default 300: 360 atoms)")
     parser.add_argument("--train-args", default="", help="extra train options, e.g. '--n-iter 20'")
     parser.add_argument("--no-polish", action="store_true", help="end to end without the polish step")
     parser.add_argument("--skip-fits", action="store_true", help="skip part 1")
@@ -219,7 +221,7 @@ def main() -> None:
     if not args.skip_fits:
         fit_rates([int(s) for s in args.shells.split(",")], args.masks, args.exact_masks, args.repeats)
     if not args.skip_e2e:
-        end_to_end(args.motifs, args.train_args.split(), not args.no_polish)
+        end_to_end(args.motifs, args.train_args.split(), not args.no_polish, args.e2e_shell)
 
 
 if __name__ == "__main__":
