@@ -261,6 +261,7 @@ _CLICK_EXCEPTION = _click_classes("ClickException")
 _ABORT = _click_classes("Abort")
 _INTERRUPTED = "interrupted; what was committed is kept, run the command again to go on."
 _interrupt_reported = threading.Lock()
+_interrupt_requested = threading.Event()
 # After Ctrl-C, how long the command may take to unwind before it is ended anyway (s).
 _INTERRUPT_GRACE_SECONDS = 3.0
 
@@ -288,24 +289,37 @@ def _on_interrupt(signum, frame) -> None:
     "Exception ignored in ..." and carries on); every command survives kill -9, so ending it is safe.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _interrupt_requested.set()
     watchdog = threading.Timer(_INTERRUPT_GRACE_SECONDS, _exit_interrupted)
     watchdog.daemon = True
     watchdog.start()
     raise KeyboardInterrupt
 
 
+def _on_unraisable(unraisable) -> None:
+    """A Ctrl-C that Python could not raise (it landed in a finaliser): end now, in one line."""
+    if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+        _exit_interrupted()
+    sys.__unraisablehook__(unraisable)
+
+
 def main() -> None:
     """Entry point of the ``motex-db`` console script."""
     global _interrupt_reported
     _interrupt_reported = threading.Lock()
+    _interrupt_requested.clear()
     previous_handler = signal.getsignal(signal.SIGINT)
+    previous_unraisable = sys.unraisablehook
     if previous_handler is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_interrupt)
+        sys.unraisablehook = _on_unraisable
     try:
         _run()
     finally:
-        if previous_handler is signal.default_int_handler:
+        # After Ctrl-C the hooks stay until the process ends (its finalisers may still take the signal).
+        if previous_handler is signal.default_int_handler and not _interrupt_requested.is_set():
             signal.signal(signal.SIGINT, previous_handler)
+            sys.unraisablehook = previous_unraisable
 
 
 def _run() -> None:
@@ -329,6 +343,11 @@ def _run() -> None:
         _report_interrupted()
         sys.exit(130)
     except Exception as exc:
+        # After Ctrl-C, a failure on the way out (worker processes that took the signal too,
+        # say) is the interruption's doing: one line, not its traceback.
+        if _interrupt_requested.is_set():
+            _report_interrupted()
+            sys.exit(130)
         # the database or the disk failing under a command (a lost connection, a full disk): one sentence
         from motex_db.db import failure_message
 

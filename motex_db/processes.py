@@ -110,6 +110,9 @@ def die_with_parent(parent_pid: Optional[int] = None, poll_seconds: float = 1.0)
     the time of the call) is still the parent, and ends the process if not.
     """
     parent = os.getppid() if parent_pid is None else parent_pid
+    # Ctrl-C at a terminal reaches the whole process group; the parent handles it and ends its
+    # children, so a child ignores it rather than print a KeyboardInterrupt traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

@@ -103,3 +103,33 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
     assert "Traceback" not in stderr
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert lines == ["error: interrupted; what was committed is kept, run the command again to go on."], stderr
+
+
+def test_ctrl_c_during_a_parallel_fit_is_one_line_too(tmp_path):
+    """The fit's worker processes take the terminal's Ctrl-C as well: they leave it to the parent."""
+    from motex_db.catalogue import sample_motifs
+    from motex_db.db import open_engine
+    from motex_db.demo import DATASET_NAME, STRUCTURE_NAME, run_demo
+
+    url = run_demo(tmp_path / "demo", url=f"sqlite:///{tmp_path / 'demo' / 'motex.db'}", through="data")
+    engine = open_engine(url)
+    sample_motifs(engine, STRUCTURE_NAME, 2000, seed=1)
+    engine.dispose()
+    process = subprocess.Popen(
+        [motex_executable(), "--db", url, "fit", "--structure", STRUCTURE_NAME, "--data", DATASET_NAME,
+         "--recipe", "mlmotex", "--workers", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        start_new_session=True,
+    )
+    try:
+        time.sleep(10)  # the workers are started and fitting (2,000 mlmotex fits of 130 atoms take minutes)
+        assert process.poll() is None, process.communicate()
+        os.killpg(process.pid, signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith("fitting")]
+    assert lines == ["error: interrupted; what was committed is kept, run the command again to go on."], stderr

@@ -36,6 +36,8 @@ left to expire.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -850,8 +852,16 @@ def _run_local_workers(engine: Engine, prepared: PreparedFit, workers: int, leas
         context.Process(target=_worker_process, args=(url, prepared, lease_seconds, queue, os.getpid()), daemon=True)
         for _ in range(workers)
     ]
-    for process in processes:
-        process.start()
+    # Started while Ctrl-C is ignored, the workers ignore it from their first instruction (Python keeps
+    # an ignored SIGINT ignored): the terminal's Ctrl-C reaches the whole group, and the parent ends them.
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+    try:
+        for process in processes:
+            process.start()
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, handler)
     errors: list[str] = []
     try:
         while any(p.is_alive() for p in processes) or not queue.empty():
