@@ -12,9 +12,12 @@ search in motif space, every candidate fitted for real:
   the most negative removed ones first), a chunk at a time: the first chunk
   holding an improving move ends the step, so a good guide saves fits. Swaps
   pair the best-scoring removals with the best-scoring additions;
-- **improvement**: a move improves when it lowers Rwp by at least ``min_gain``
-  (default 0.001, below which two motifs fit the data equally well); the search
-  never trades a motif for one that fits only marginally better;
+- **improvement**: every atom changed must pay for itself. A move improves
+  when it lowers Rwp by at least ``min_gain`` (default 0.001) per atom it
+  changes (one for a flip, two for a swap), and a motif found later replaces
+  the best one only when its Rwp is lower by ``min_gain`` per atom in which
+  the two differ. Smaller gains are within what noise in the data gives, so
+  the search never trades a motif for one that fits only marginally better;
 - **escaping local minima** (``strategy='tabu'``, the default): where no move
   improves, the search takes the best move that does not undo a recent one
   (tabu search: an atom changed stays fixed for ``tenure`` steps unless changing
@@ -200,9 +203,12 @@ def search_motifs(
             found = np.array(values, dtype=float)
             found = np.where(np.isnan(found), np.inf, found)
             allowed = np.array([all(tabu_until[a] < step for a in c) for c in changed], dtype=bool)
-            allowed |= found < best_rwp - min_gain
+            # every atom changed must pay for itself: min_gain per atom in which two motifs differ
+            n_changed = np.array([len(c) for c in changed])
+            from_best = np.array([int((m != best).sum()) for m in moves])
+            allowed |= found < best_rwp - min_gain * from_best
             if improving:
-                allowed &= found < current_rwp - min_gain
+                allowed &= found < current_rwp - min_gain * n_changed
             allowed &= np.isfinite(found)
             if not allowed.any():
                 return None
@@ -246,7 +252,7 @@ def search_motifs(
         if strategy == "tabu":
             for a in changed[accepted]:
                 tabu_until[a] = step + tenure
-        if current_rwp < best_rwp - min_gain:
+        if current_rwp < best_rwp - min_gain * int((current != best).sum()):
             best_rwp, best, since_best = current_rwp, current.copy(), 0
         else:
             since_best += 1
