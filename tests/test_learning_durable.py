@@ -130,6 +130,7 @@ def test_train_killed_mid_search_then_rerun_trains_once(fitted_series, tmp_path)
     assert time.monotonic() - started < 300
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # PostgreSQL: the three-process test kills one too
 def test_series_training_killed_keeps_its_frames_and_leaves_no_worker(fitted_series, tmp_path):
     url = fitted_series
     args = ("train", "--structure", "wo3", "--series", "grow", "--n-iter", 2, "--cv", 2, "--workers", 2)
