@@ -34,12 +34,6 @@ def runs_url(base_url: str, experiment_id: Optional[str]) -> str:
     return f"{base_url}/#/experiments/{experiment_id}/runs"
 
 
-def compare_url(base_url: str, experiment_id: str, run_ids: list[str]) -> str:
-    """The address of MLflow's side-by-side comparison of ``run_ids``."""
-    query = urllib.parse.urlencode({"runs": json.dumps(run_ids), "experiments": json.dumps([experiment_id])})
-    return f"{base_url}/#/compare-runs?{query}"
-
-
 def _port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
