@@ -42,6 +42,7 @@ from motex_db.surrogate import (
     SurrogateResult,
     Trial,
     _check_seed,
+    check_targets,
     evaluate,
     features,
     model_to_json,
@@ -461,6 +462,8 @@ def train_model(
         config = session.get(FitConfig, config_id)
         ids, mask_texts, rwp = load_fits(session, model.id, data.id, config_id)
     inputs = _inputs_hash(model.id, data.id, config_id, ids, rwp, seed, n_iter, cv, full_search)
+    if _stored_model(engine, inputs) is None:
+        check_targets(rwp)  # before a run is opened for nothing
     url = engine.url.render_as_string(hide_password=False)
     location = tracking_location(url, mlflow_uri)
     started = time.perf_counter()

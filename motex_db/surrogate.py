@@ -74,6 +74,7 @@ __all__ = [
     "model_from_json",
     "SurrogateResult",
     "train_surrogate",
+    "check_targets",
 ]
 
 # ML-MotEx's recipe (science.md section 4); every default below refers here.
@@ -601,12 +602,7 @@ def train_surrogate(
     rwp = np.asarray(rwp, dtype=np.float64)
     if rwp.ndim != 1 or len(rwp) != len(masks):
         raise InputError(f"There must be one Rwp per motif: {len(masks)} motifs but Rwp of shape {rwp.shape}.")
-    if not np.all(np.isfinite(rwp)):
-        raise InputError(f"{int(np.sum(~np.isfinite(rwp)))} Rwp values are not finite; leave failed fits out.")
-    if len(rwp) < MIN_MOTIFS:
-        raise InputError(f"Training needs at least {MIN_MOTIFS} fitted motifs, not {len(rwp)}.")
-    if np.ptp(rwp) == 0:
-        raise InputError(f"Every motif has the same Rwp ({rwp[0]:g}): there is nothing to learn.")
+    check_targets(rwp)
     X = features(masks)
     train_idx, test_idx = split(len(rwp), seed)
     search = search_hyperparameters(
@@ -641,6 +637,17 @@ def train_surrogate(
 
 # --------------------------------------------------------------------------
 # Input checks
+
+
+def check_targets(rwp) -> None:
+    """Refuse targets nothing can be learnt from: non-finite, fewer than :data:`MIN_MOTIFS`, or constant."""
+    rwp = np.asarray(rwp, dtype=np.float64)
+    if not np.all(np.isfinite(rwp)):
+        raise InputError(f"{int(np.sum(~np.isfinite(rwp)))} Rwp values are not finite; leave failed fits out.")
+    if len(rwp) < MIN_MOTIFS:
+        raise InputError(f"Training needs at least {MIN_MOTIFS} fitted motifs, not {len(rwp)}.")
+    if np.ptp(rwp) == 0:
+        raise InputError(f"Every motif has the same Rwp ({rwp[0]:g}): there is nothing to learn.")
 
 
 def _as_masks(masks) -> np.ndarray:
