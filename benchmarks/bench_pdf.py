@@ -96,26 +96,26 @@ def mlmotex_masks(n_motifs: int, n_permutable: int, seed: int = 0) -> np.ndarray
 
 def bench_clusters(sizes: list[int], repeats: int, r: np.ndarray) -> None:
     print(f"One cluster, r {r[0]:g}-{r[-1]:g} Å ({r.size} points), X-ray, ML-MotEx settings; ms per G(r):")
-    print(f"{'cluster':>18} {'atoms':>6} {'real':>18} {'debye':>18}")
+    print(f"{'cluster':>18} {'atoms':>6} {'real':>18} {'debye':>18} {'debye-exact':>18}")
     for kind in ("fcc", "rocksalt"):
         for n in sizes:
             elements, positions = lattice_sphere(kind, n)
             cells = []
-            for calculator in ("real", "debye"):
+            for calculator in ("real", "debye", "debye-exact"):
                 params = PDFParameters(calculator=calculator)
                 median, best = timed(lambda: cluster_pdf(elements, positions, r, params), repeats)
                 cells.append(f"{median * 1e3:9.1f} ({best * 1e3:6.1f})")
             label = "fcc Au sphere" if kind == "fcc" else "rocksalt NaCl"
-            print(f"{label:>18} {n:>6} {cells[0]:>18} {cells[1]:>18}")
+            print(f"{label:>18} {n:>6} {cells[0]:>18} {cells[1]:>18} {cells[2]:>18}")
     # a disordered cluster: every pair distance distinct, the worst case for pair classes
     elements, positions = lattice_sphere("fcc", 1000)
     positions = positions + np.random.default_rng(1).normal(scale=0.05, size=positions.shape)
     cells = []
-    for calculator in ("real", "debye"):
+    for calculator in ("real", "debye", "debye-exact"):
         params = PDFParameters(calculator=calculator)
         median, best = timed(lambda: cluster_pdf(elements, positions, r, params), max(1, repeats // 2))
         cells.append(f"{median * 1e3:9.1f} ({best * 1e3:6.1f})")
-    print(f"{'fcc Au, disordered':>18} {1000:>6} {cells[0]:>18} {cells[1]:>18}")
+    print(f"{'fcc Au, disordered':>18} {1000:>6} {cells[0]:>18} {cells[1]:>18} {cells[2]:>18}")
 
 
 def bench_engine(label: str, engine: MotifPDFEngine, masks: np.ndarray, zooms: list, repeats: int) -> None:
