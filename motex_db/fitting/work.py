@@ -744,7 +744,8 @@ def run_worker(
     while True:
         claimed = reconnecting(engine, claim_batch, engine, prepared.job, worker, size, lease_seconds, after)
         if not claimed:
-            if reconnecting(engine, count_unfinished, engine, prepared.job) == 0:
+            # a count of results (a join on keys), not of unfinished motifs (an anti-join whose plan follows the statistics)
+            if reconnecting(engine, count_missing_fits, engine, prepared.job) == 0:
                 return done, failed
             time.sleep(poll_seconds)
             continue
