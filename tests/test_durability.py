@@ -165,20 +165,19 @@ def _alive(pid: int) -> bool:
 
 def test_kill_minus_nine_of_fit_with_workers_leaves_no_process_behind(tmp_path):
     url = f"sqlite:///{tmp_path / 'orphans.db'}"
-    _c60_record(tmp_path, url, 3000)
+    _c60_record(tmp_path, url, 4000)
     parent = _start_fit(url, "--workers", "2")
     _wait_for_results(url, 200, parent)
     workers = _descendants(parent.pid)
     assert len(workers) >= 2  # the two fit workers (and multiprocessing's resource tracker)
     os.kill(parent.pid, signal.SIGKILL)
     parent.wait()
-    deadline = time.time() + 10
+    deadline = time.time() + 3  # the kernel's signal is immediate; the watchdog looks every second
     while time.time() < deadline and any(_alive(p) for p in workers):
         time.sleep(0.1)
     assert not [p for p in workers if _alive(p)], "worker processes outlived their parent"
-    again = _motex(url, *FIT)
-    assert again.returncode == 0, again.stderr
-    _assert_complete(url, 3000)
+    # (that a rerun then finishes the work is test_fit_work's kill -9 test)
+    assert scalar(url, "SELECT COUNT(*) FROM fit_result") < 4000
 
 
 def test_die_with_parent_ends_a_child_whose_parent_is_killed(tmp_path):
