@@ -242,7 +242,7 @@ def test_two_keggin_copies_polish_to_a_whole_unit(motex, tmp_path):
     assert motex("sample", "--structure", "two", "--from-file", tmp_path / "unit.txt", db=url).exit_code == 0
     assert motex("fit", "--structure", "two", "--data", "danmax", db=url).exit_code == 0
     unit_rwp = query(url, f"SELECT f.rwp FROM fit_result f JOIN motif m ON m.id = f.motif_id WHERE m.mask = '{unit_mask}'")[0][0]
-    result = motex("polish", "--structure", "two", "--data", "danmax", "--from", "1", "--budget", "1500", db=url)
+    result = motex("polish", "--structure", "two", "--data", "danmax", "--from", "1", "--budget", "800", db=url)
     assert result.exit_code == 0, result.output
     best_mask, best_rwp = query(url, "SELECT m.mask, p.best_rwp FROM polish_run p JOIN motif m ON m.id = p.best_motif_id")[0]
     kept = {i + 1 for i, c in enumerate(best_mask) if c == "1"}
@@ -271,7 +271,7 @@ def test_larger_keggin_models_polish_to_a_whole_unit(n_copies, n_extra):
     best_unit = float(np.min(fitter.fit(unit_masks).rwp))
     start = unit_masks.any(axis=0)
     start[np.flatnonzero(~start)[::2]] = True
-    result = search_motifs(lambda masks: fitter.fit(masks).rwp, start, budget=2500)
+    result = search_motifs(lambda masks: fitter.fit(masks).rwp, start, budget=1500)
     assert result.best_rwp <= best_unit + 0.001
     assert any(result.best_mask[unit - 1].all() for unit in units)
 
