@@ -382,3 +382,31 @@ def test_a_half_made_store_from_an_older_version_is_mended_with_one_sentence(tmp
     with sqlite3.connect(store) as connection:
         names = {n for (n,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert not [n for n in names if n.startswith("_alembic_tmp_")]
+
+
+def test_a_store_killed_in_an_older_mlflow_migration_is_mended(tmp_path, caplog):
+    """The issue's case: a store of an older schema whose upgrade was killed inside a batch migration of
+    ``experiments`` (which MLflow then fails on with "table _alembic_tmp_experiments already exists")."""
+    from alembic import command
+    from mlflow.store.db.utils import InitialBase, _get_alembic_config
+
+    from motex_db.tracking import open_tracker
+
+    store = tmp_path / "mlflow.db"
+    engine = sa.create_engine(f"sqlite:///{store}")
+    InitialBase.metadata.create_all(engine)
+    config = _get_alembic_config(str(engine.url))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "c8d9e0f1a2b3")  # the revision before the one that rebuilds experiments
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE _alembic_tmp_experiments AS SELECT * FROM experiments")
+    engine.dispose()
+    with caplog.at_level("WARNING", logger="motex_db"):
+        tracker = open_tracker(f"sqlite:///{tmp_path / 'motex.db'}")
+    assert [r.getMessage() for r in caplog.records if r.name == "motex_db"] == [
+        f"the MLflow store {store} was left half-made by an interrupted migration; it was mended (0 runs kept)."
+    ]
+    run = tracker.start_run("after the mend", {"motex_db.kind": "train"})
+    tracker.finish_run(run)
+    assert tracker.client.get_run(run).info.status == "FINISHED"
