@@ -749,7 +749,9 @@ def extract_motif(
     index = 0
     while True:
         target = (index + 1) * round_size
-        if index > 0 and _fits_outside_polish(engine, model.id, data.id, config.id) + round_size + 1 > budget - reserve:
+        # from the round's number, not from the fits in the record, so that a rerun walks the same rounds:
+        # each round fits round_size motifs and its extracted motif
+        if index > 0 and target + index + 1 > budget - reserve:
             break
         strategy = "uniform" if index == 0 else "guided"
         have = _sampled_count(engine, model.id)

@@ -75,3 +75,37 @@ def test_extract_finds_the_odd_keggin_unit_and_a_rerun_does_nothing(motex, tmp_p
     assert len(masks) == 200
     kept = masks_from_text(masks, 24).mean(axis=0)
     assert kept[0::2].mean() > kept[1::2].mean() + 0.3
+
+
+@requires_shared
+def test_extract_killed_mid_round_goes_on_without_duplicates(motex, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from support import motex_executable
+
+    url = f"sqlite:///{tmp_path / 'killed.db'}"
+    for step in (("structure", "add", KEGGIN / "109725.xyz", "--name", "keggin", "--permute", "W"),
+                 ("data", "add", KEGGIN / "DanMAX_AlphaKeggin.gr", "--name", "danmax")):
+        assert motex(*step, db=url).exit_code == 0
+    command = [motex_executable(), "--db", url, "extract", "--structure", "keggin", "--data", "danmax",
+               "--budget", "1200", "--round", "300", "--n-iter", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if query(url, "SELECT count(*) FROM fit_result")[0][0] >= 50:
+                break
+            assert process.poll() is None, "extract ended before it could be killed"
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rounds = query(url, "SELECT count(*) FROM trained_model")[0][0]
+    sampled = query(url, "SELECT count(*) FROM motif WHERE sampler LIKE 'uniform%' OR sampler LIKE 'guided%'")[0][0]
+    assert sampled == 300 * rounds  # the killed round was finished, not sampled again
+    assert query(url, "SELECT m.mask FROM polish_run p JOIN motif m ON m.id = p.best_motif_id")[0][0] == ODD
