@@ -76,7 +76,8 @@ class Run:
     best: Optional[MotifFit]  # the best *sampled* motif (extracted ones left out)
     extracted: Optional[MotifFit]  # the motif extracted from ``model``
     model: Optional[TrainedModel]  # the latest trained model of (structure, dataset, fit config)
-    # atom_index, element, contribution, uncertainty, confidence, contribution_half, contribution_three_quarters
+    # atom_index, element, contribution, uncertainty, confidence, contribution_half, contribution_three_quarters,
+    # environment_class (NaN where the structure has no stored environments)
     contributions: Optional[pd.DataFrame]
 
     @property
@@ -287,12 +288,19 @@ def _contributions(session: Session, model_id: int) -> Optional[pd.DataFrame]:
         return None
     # contribution_half / _three_quarters: from the first fits only (None for models explained before
     # explain stored them)
+    # each permutable atom's environment class (NaN for a structure stored before environments were)
+    classes = dict(session.exec(
+        select(AtomEnvironment.permutable_index, AtomEnvironment.environment_class)
+        .join(TrainedModel, TrainedModel.starting_model_id == AtomEnvironment.starting_model_id)
+        .where(TrainedModel.id == model_id)
+        .where(AtomEnvironment.permutable_index.is_not(None))
+    ).all())
     return pd.DataFrame(
         [(r.atom_index, r.element, r.contribution, r.uncertainty, r.confidence,
           getattr(r, "contribution_half", None), getattr(r, "contribution_three_quarters", None)) for r in rows],
         columns=["atom_index", "element", "contribution", "uncertainty", "confidence", "contribution_half",
-                 "contribution_three_quarters"],
-    ).astype({"contribution_half": float, "contribution_three_quarters": float})
+                 "contribution_three_quarters", "environment_class"],
+    ).astype({"contribution_half": float, "contribution_three_quarters": float, "environment_class": float})
 
 
 def _fits_frame(session: Session, structure_id: int, dataset_id: int, config_id: int) -> pd.DataFrame:

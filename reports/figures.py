@@ -20,12 +20,13 @@ from motex_db.reports.data import MotifFit
 from motex_db.reports.recompute import ConvergenceLine, FitCurve, HoldoutPredictions, TrainingShap
 from motex_db.reports.style import (
     BEST_COLOUR, CALCULATED_COLOUR, DIFFERENCE_COLOUR, EXTRACTED_COLOUR, KEPT_COLOUR,
-    OBSERVED_COLOUR, REMOVED_COLOUR, atom_labels, base_layout, contribution_colours, symmetric_clipped_range,
+    OBSERVED_COLOUR, REMOVED_COLOUR, atom_labels, base_layout, contribution_colours, structure_colour,
+    symmetric_clipped_range,
 )
 
 __all__ = [
     "rwp_by_size", "fit_figure", "parity_figure", "loss_curve", "search_trials", "shap_summary",
-    "contribution_bars", "convergence_figure",
+    "contribution_bars", "environment_figure", "convergence_figure",
 ]
 
 # Rwp bins of the density view; with motif sizes as the other axis (N + 1
@@ -241,6 +242,42 @@ def contribution_bars(contributions: pd.DataFrame) -> go.Figure:
                       "permutable atom", "contribution (Rwp)", legend_top=False)
     fig.update_layout(showlegend=False, bargap=0.15)
     fig.update_xaxes(type="category", tickangle=-90 if len(labels) > 12 else 0)
+    return fig
+
+
+def environment_figure(contributions: pd.DataFrame) -> Optional[go.Figure]:
+    """Contributions grouped by environment class: one colour per class, a point per atom, the class mean.
+
+    None when the structure has no stored environment classes, or when every
+    atom's environment is its own (nothing to group).
+    """
+    if "environment_class" not in contributions or contributions["environment_class"].isna().any():
+        return None
+    classes = contributions["environment_class"].astype(int)
+    if classes.nunique() == len(classes):
+        return None
+    means = contributions.groupby(classes)["contribution"].mean().sort_values()
+    fig = go.Figure()
+    for number, (environment, mean) in enumerate(means.items()):
+        members = contributions[classes == environment].sort_values("atom_index")
+        label = f"{members['element'].iloc[0]} class {environment} ({len(members)})"
+        colour = structure_colour(number)
+        fig.add_trace(go.Scatter(
+            x=[label] * len(members), y=members["contribution"], mode="markers", name=label,
+            marker=dict(color=colour, size=9, line=dict(color="#333", width=0.5)),
+            error_y=dict(type="data", array=members["uncertainty"], thickness=1, width=2, color=colour),
+            customdata=members["atom_index"],
+            hovertemplate=f"{label}<br>atom %{{customdata}}: %{{y:.4f}}<extra></extra>",
+        ))
+        fig.add_trace(go.Scatter(
+            x=[label], y=[mean], mode="markers", showlegend=False, hoverinfo="skip",
+            marker=dict(symbol="line-ew-open", size=28, color="#222", line=dict(width=2)),
+        ))
+    fig.add_hline(y=0, line=dict(color="#444", width=1))
+    fig = base_layout(fig, f"Contributions per environment class: {len(means)} classes of equivalent atoms",
+                      "environment class (atoms)", "contribution (Rwp)", legend_top=False)
+    fig.update_layout(showlegend=False)
+    fig.update_xaxes(type="category", tickangle=-45 if len(means) > 8 else 0)
     return fig
 
 

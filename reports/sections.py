@@ -162,6 +162,10 @@ _CAPTIONS = {
                  "they form the motif; <b>red</b> atoms raise it. Colours are clipped at the 10th and 90th percentile "
                  "so that a few extreme atoms do not wash out the rest. Grey: atoms that are not permuted, drawn with "
                  "the bonds (shorter than the bond cutoff) that tie them to permutable atoms.",
+    "environments": "Atoms whose k-nearest-neighbour distance vectors agree (an environment class: images of each "
+                    "other under the starting model's symmetry) make the same pair distances, so their contributions "
+                    "should agree. One colour per class, a point per atom with its uncertainty, a bar at the class mean; "
+                    "see motex-db structure show.",
     "bars": "Contribution = mean SHAP value of the atom over motifs that keep it minus the mean over motifs that "
             "remove it; negative means keeping the atom lowers Rwp. Error bars: the uncertainty "
             "√((σ²<sub>keep</sub> + σ²<sub>remove</sub>)/2); confidence = |contribution| / uncertainty. "
@@ -245,6 +249,9 @@ def run_section(engine, run: Run) -> str:
     if contributions is not None:
         which.append(FigureBlock(figures.contribution_bars(contributions), 540 if not wide else 460, _CAPTIONS["bars"],
                                  f"{key}-contributions", wide))
+        environments = figures.environment_figure(contributions)
+        if environments is not None:
+            which.append(FigureBlock(environments, 440, _CAPTIONS["environments"], f"{key}-environments", True))
     good = []
     for fit, what in ((run.extracted, "Extracted motif"), (run.best, "Best sampled motif")):
         # imported scores come with no PDF: nothing to draw

@@ -263,3 +263,23 @@ def test_contributions_are_grouped_per_environment_class(tmp_path):
     values = -0.04 + 0.001 * np.array([1, 7, 13, 19])
     assert np.isclose(first["mean"], values.mean()) and np.isclose(first["std"], values.std(ddof=1))
     assert (first["min"], first["max"]) == pytest.approx((values.min(), values.max()))
+
+
+def test_the_report_groups_contributions_by_environment_class():
+    import pandas as pd
+
+    from motex_db.reports.figures import environment_figure
+
+    table = pd.DataFrame({
+        "atom_index": [1, 2, 3, 4], "element": ["W"] * 4, "contribution": [-0.04, 0.02, -0.03, 0.01],
+        "uncertainty": [0.005] * 4, "environment_class": [1.0, 2.0, 1.0, 2.0],
+    })
+    fig = environment_figure(table)
+    points = [trace for trace in fig.data if trace.showlegend is not False]
+    assert [trace.name for trace in points] == ["W class 1 (2)", "W class 2 (2)"]  # ordered by mean
+    assert list(points[0].y) == [-0.04, -0.03] and list(points[0].customdata) == [1, 3]
+    means = [trace.y[0] for trace in fig.data if trace.showlegend is False]
+    assert means == pytest.approx([-0.035, 0.015])
+    # nothing to group: every atom its own class, or no stored classes
+    assert environment_figure(table.assign(environment_class=[1.0, 2.0, 3.0, 4.0])) is None
+    assert environment_figure(table.assign(environment_class=np.nan)) is None

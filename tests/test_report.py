@@ -161,9 +161,10 @@ def test_report_is_one_self_contained_file_and_logged_in_mlflow(record, report):
     page = text.replace(plotly_js, "")
     assert "<script src" not in page and "http://" not in page and "https://" not in page and "<link" not in page
     ids = figure_ids(text)
-    assert len(ids) == len(set(ids)) == 2 * 10 + 2 + 5  # two runs, one comparison, one series (with a decomposition)
-    for part in ("structure", "contributions", "fit-extracted", "fit-best", "rwp-size", "convergence", "parity", "shap",
-                 "loss", "trials"):
+    # two runs (their oxide particles are symmetric: an environment-class figure each), one comparison, one series
+    assert len(ids) == len(set(ids)) == 2 * 11 + 2 + 5
+    for part in ("structure", "contributions", "environments", "fit-extracted", "fit-best", "rwp-size", "convergence",
+                 "parity", "shap", "loss", "trials"):
         assert sum(i.startswith("run-") and i.endswith(f"-{part}") for i in ids) == 2, part  # one per run
     assert any(i.startswith("compare-") for i in ids) and any("heatmap" in i for i in ids)
     # the header says what was analysed
