@@ -215,7 +215,7 @@ def _terminate_backends(admin_url: str, database: str) -> int:
 
 
 def test_postgresql_connections_terminated_during_fit_are_reconnected(tmp_path, postgres_url, postgres_server):
-    n_motifs = 3000
+    n_motifs = 2000
     _c60_record(tmp_path, postgres_url, n_motifs)
     database = sa.engine.make_url(postgres_url).database
     process = subprocess.Popen(
@@ -234,7 +234,7 @@ def test_postgresql_connections_terminated_during_fit_are_reconnected(tmp_path, 
 
 
 def test_a_postgresql_connection_that_stays_lost_ends_fit_with_one_sentence(tmp_path, postgres_url, postgres_server):
-    n_motifs = 3000
+    n_motifs = 1500
     _c60_record(tmp_path, postgres_url, n_motifs)
     database = sa.engine.make_url(postgres_url).database
     process = subprocess.Popen(
