@@ -168,7 +168,7 @@ def test_two_identical_polishes_at_once_share_one_run(motex, tmp_path):
     url = f"sqlite:///{tmp_path / 'twice.db'}"
     ids = _keggin_record(motex, url, tmp_path, ["1" * 24])
     command = [motex_executable(), "--db", url, "polish", "--structure", "keggin", "--data", "danmax",
-               "--from", str(ids["1" * 24]), "--budget", "700"]
+               "--from", str(ids["1" * 24]), "--budget", "300"]
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     second = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     outputs = [p.communicate(timeout=300) for p in (first, second)]
@@ -219,41 +219,11 @@ def _keggin_model(n_copies: int, n_extra: int):
 
 
 @requires_shared
-def test_two_keggin_copies_polish_to_a_whole_unit(motex, tmp_path):
-    """48 W (two copies of 109725.xyz): from an over-including start, a motif with a whole unit that fits as well."""
-    import ase
-    import ase.io
-
-    elements, positions, units = _keggin_model(2, 0)
-    assert len(units) == 2
-    ase.io.write(str(tmp_path / "two.xyz"), ase.Atoms(elements, positions), format="xyz")
-    start = np.zeros(48, dtype=bool)
-    for unit in units:
-        start[unit - 1] = True
-    start[np.flatnonzero(~start)[::2]] = True  # both units and half the other W, as SHAP over-includes
-    url = f"sqlite:///{tmp_path / 'two.db'}"
-    (tmp_path / "start.txt").write_text("".join("1" if k else "0" for k in start) + "\n")
-    for step in (("structure", "add", tmp_path / "two.xyz", "--name", "two", "--permute", "W"),
-                 ("data", "add", KEGGIN / "DanMAX_AlphaKeggin.gr", "--name", "danmax"),
-                 ("sample", "--structure", "two", "--from-file", tmp_path / "start.txt")):
-        assert motex(*step, db=url).exit_code == 0
-    unit_mask = "".join("1" if i + 1 in set(units[0]) else "0" for i in range(48))
-    (tmp_path / "unit.txt").write_text(unit_mask + "\n")
-    assert motex("sample", "--structure", "two", "--from-file", tmp_path / "unit.txt", db=url).exit_code == 0
-    assert motex("fit", "--structure", "two", "--data", "danmax", db=url).exit_code == 0
-    unit_rwp = query(url, f"SELECT f.rwp FROM fit_result f JOIN motif m ON m.id = f.motif_id WHERE m.mask = '{unit_mask}'")[0][0]
-    result = motex("polish", "--structure", "two", "--data", "danmax", "--from", "1", "--budget", "800", db=url)
-    assert result.exit_code == 0, result.output
-    best_mask, best_rwp = query(url, "SELECT m.mask, p.best_rwp FROM polish_run p JOIN motif m ON m.id = p.best_motif_id")[0]
-    kept = {i + 1 for i, c in enumerate(best_mask) if c == "1"}
-    assert best_rwp <= unit_rwp + 0.001
-    assert any(set(unit.tolist()) <= kept for unit in units)
-
-
-@requires_shared
-@pytest.mark.parametrize("n_copies, n_extra", [(3, 0), (2, 24)])
+@pytest.mark.parametrize("n_copies, n_extra", [(2, 0), (3, 0), (2, 24)])
 def test_larger_keggin_models_polish_to_a_whole_unit(n_copies, n_extra):
-    """72 W: three copies, or two copies plus 24 lone W. The search alone, on the real fitter and the DanMAX data."""
+    """48 W (two copies of 109725.xyz), 72 W (three copies, or two plus 24 lone W): from a start holding every unit
+    and half the other W, as SHAP over-includes, a motif with a whole unit that fits at least as well as the best
+    unit. The search alone, on the real fitter and the DanMAX data (the record's part is tested on 109725.xyz)."""
     from motex_db.catalogue import membership_matrix
     from motex_db.datasets import read_pdf_data
     from motex_db.fitting.batched import MotifFitter
