@@ -322,3 +322,38 @@ def test_two_decompositions_racing_for_one_component_name_both_succeed(db_url, m
         assert result.exit_code == 0 and "Traceback" not in result.stderr, result.output
     assert sum("was already decomposed this way" in r.stdout for r in same) == 1, [r.stdout for r in same]
     assert query(engine_url, "SELECT count(*) FROM series_decomposition") == [(3,)]
+
+
+def test_a_decomposition_storing_while_another_holds_its_component_name_takes_the_next_name(db_url, motex, two_motif,
+                                                                                           tmp_path):
+    """Deterministic form of the race: a transaction of another decomposition holds growth_nmf2_c1, not yet committed.
+
+    The real process must wait for it (without the lock, PostgreSQL would block its insert on the unique name and
+    then fail it with an IntegrityError), then name its first component growth_nmf2_d<id>_c1.
+    """
+    import subprocess
+    import time
+
+    from support import motex_executable, query
+
+    from motex_db.db import lock_in_transaction, open_engine, transaction
+    from motex_db.models import Dataset
+
+    add_series(motex, db_url, two_motif)
+    engine = open_engine(db_url)
+    with transaction(engine) as session:
+        lock_in_transaction(session, "series decomposition")
+        r = np.linspace(1.0, 12.0, 50)
+        session.add(Dataset(name=f"{SERIES}_nmf2_c1", source_file="another decomposition", content_hash="0" * 64,
+                            n_points=r.size, r_min=1.0, r_max=12.0, r=r, g=np.sin(r), dg=None, meta={}))
+        session.flush()
+        process = subprocess.Popen([motex_executable(), "--db", db_url, "series", "decompose", SERIES, "--components", "2"],
+                                   cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                   text=True)
+        time.sleep(8)  # process start and the NMF, then it waits for this transaction
+        assert process.poll() is None, process.communicate()
+    out, err = process.communicate(timeout=300)
+    engine.dispose()
+    assert process.returncode == 0 and "Traceback" not in err, out + err
+    names = {row[0] for row in query(db_url, "SELECT name FROM dataset WHERE series IS NULL")}
+    assert f"{SERIES}_nmf2_c2" in names and any(n.startswith(f"{SERIES}_nmf2_d") and n.endswith("_c1") for n in names), names
