@@ -12,9 +12,12 @@ purpose (autovacuum off, tables analysed while the catalogue was empty, as after
 bulk inserts that were never analysed). Figures:
 
 - the rerun of `motex-db fit` (process start included): motifs fitted per second;
-- one claim of 1,024 motifs on that record with stale statistics, by this
-  version's claim query and by the earlier one-statement query (anti-joins
-  whose plan follows the statistics), milliseconds.
+- on that record with stale statistics, milliseconds: one whole claim of 1,024
+  motifs by this version (`claim_batch`: stale claims released, look-ups, row
+  locks, 1,024 claims inserted, masks read), and the candidate SELECT alone of
+  the earlier one-statement query (anti-joins whose plan follows the
+  statistics). Not the same work: the second is a lower bound of the earlier
+  claim, shown to see whether the stale statistics make its plan degenerate.
 """
 
 from __future__ import annotations
@@ -156,11 +159,10 @@ def main() -> None:
     print(f"109725.xyz, {args.motifs:,} motifs on PostgreSQL, fit killed at ~{args.kill_at:,} results, stale statistics")
     for i, r in enumerate(runs, 1):
         print(f"  run {i}: kept {r['kept']:,}, rerun fitted {r['fitted']:,} in {r['seconds']:.1f} s = {r['rate']:,.0f} fits/s; "
-              f"one claim of 1,024: {r['claim_ms']:.0f} ms (earlier query {r['old_claim_ms']:.0f} ms)")
+              f"a whole claim of 1,024: {r['claim_ms']:.0f} ms (the earlier query's SELECT alone: {r['old_claim_ms']:.0f} ms)")
     median = lambda key: statistics.median(r[key] for r in runs)
-    print(f"median of {len(runs)}: rerun {median('rate'):,.0f} fits/s (target >= 1,000); claim of 1,024 motifs "
-          f"{median('claim_ms'):.0f} ms vs {median('old_claim_ms'):.0f} ms by the earlier query "
-          f"({median('old_claim_ms') / median('claim_ms'):.0f} x)")
+    print(f"median of {len(runs)}: rerun {median('rate'):,.0f} fits/s (target >= 1,000); a whole claim of 1,024 motifs "
+          f"{median('claim_ms'):.0f} ms; the earlier query's SELECT alone {median('old_claim_ms'):.0f} ms")
     print("load:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
 
 
