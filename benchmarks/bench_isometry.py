@@ -4,8 +4,8 @@ Run from the repository root (it needs ../shared beside the repository):
 
     .venv/bin/python benchmarks/bench_isometry.py
 
-Prints, for the alpha-Keggin starting model 109725.xyz (24 W) and the generated C60
-demo model (130 C), the fraction of uniformly sampled motifs (ML-MotEx's sampler, 10^4
+Prints, for the alpha-Keggin starting model 109725.xyz (24 W), the generated C60 demo
+model (130 C: the cage and 70 carbons grown around it) and the cage alone, the fraction of uniformly sampled motifs (ML-MotEx's sampler, 10^4
 and 10^5 masks) whose isometry signature repeats one drawn before it: the fits an
 isometry-aware catalogue does not spend. Then `fit` through the CLI on 10^4 motifs of
 109725.xyz sampled without --dedup: how many results were fitted and how many copied
@@ -51,13 +51,14 @@ def run(url: str, *args) -> str:
 def main() -> None:
     import ase.io
 
-    from motex_db.examples import c60_starting_model
+    from motex_db.examples import c60_positions, c60_starting_model
 
     keggin = ase.io.read(KEGGIN_XYZ)
     c60 = c60_starting_model()
     models = {
         "109725.xyz (24 W of 104 atoms)": (np.array(keggin.get_chemical_symbols()), keggin.get_positions(), "W"),
         "C60 demo (130 C)": (np.array(c60.get_chemical_symbols()), c60.get_positions(), "C"),
+        "C60 cage alone (60 C)": (np.array(["C"] * 60), c60_positions(), "C"),
     }
     print("fraction of sampled motifs that repeat an earlier one's signature (fits saved):")
     for name, (elements, positions, permute) in models.items():
