@@ -283,3 +283,22 @@ def test_the_report_groups_contributions_by_environment_class():
     # nothing to group: every atom its own class, or no stored classes
     assert environment_figure(table.assign(environment_class=[1.0, 2.0, 3.0, 4.0])) is None
     assert environment_figure(table.assign(environment_class=np.nan)) is None
+
+
+def test_c60_motifs_and_their_inverted_images_share_a_signature():
+    from motex_db.catalogue import membership_matrix
+    from motex_db.environments import motif_signatures
+    from motex_db.examples import c60_positions
+
+    positions = c60_positions()
+    # the cage is centrosymmetric: atom a's image under inversion sits at -x_a
+    image_of = np.argmin(np.linalg.norm(positions[:, None] + positions[None], axis=-1), axis=1)
+    assert np.allclose(positions[image_of], -positions, atol=1e-9)
+    rng = np.random.default_rng(0)
+    masks = rng.random((50, 60)) < 0.3
+    images = np.zeros_like(masks)
+    images[:, image_of] = masks
+    membership = membership_matrix(positions, np.ones(60, dtype=bool), 2.6)
+    elements = ["C"] * 60
+    assert motif_signatures(masks, membership, elements, positions) == motif_signatures(images, membership, elements, positions)
+    assert len(set(motif_signatures(masks, membership, elements, positions))) == 50  # different motifs stay apart
