@@ -381,13 +381,14 @@ def write_results(
     with transaction(engine) as session:
         # a claim that expired may have been fitted by another worker meanwhile: keep theirs
         _store_results(session, rows)
-        if signatures is not None:
+        named = [{"motif_id": m, "new_signature": g} for m, g in zip(motif_ids, signatures or []) if g is not None]
+        if named:
             session.execute(
                 sa.update(Motif.__table__)
                 .where(Motif.__table__.c.id == sa.bindparam("motif_id"))
                 .where(Motif.__table__.c.signature.is_(None))
                 .values(signature=sa.bindparam("new_signature")),
-                [{"motif_id": m, "new_signature": g} for m, g in zip(motif_ids, signatures)],
+                named,
             )
         session.execute(
             sa.delete(FitClaim)
@@ -624,6 +625,12 @@ def _joined(first, second):
     )
 
 
+# Signatures are computed for motifs of the sizes k with at most this many distinct motifs, C(N, k):
+# there sampled motifs meet their images. In the vast spaces between, a sampled motif's image is
+# almost never sampled too, and a signature would cost about as much as the fit it might save.
+MAX_IMAGE_SPACE = 10**6
+
+
 @dataclass(frozen=True)
 class ImageFinder:
     """Isometry signatures of a starting model's motifs (:func:`motex_db.environments.motif_signatures`)."""
@@ -632,10 +639,20 @@ class ImageFinder:
     positions: np.ndarray
     membership: np.ndarray
 
-    def signatures(self, masks: np.ndarray) -> list[str]:
+    def signatures(self, masks: np.ndarray) -> list[Optional[str]]:
+        """One signature per motif of a size with few distinct motifs (see MAX_IMAGE_SPACE), None for the others."""
+        import math
+
         from motex_db.environments import motif_signatures
 
-        return motif_signatures(masks, self.membership, self.elements, self.positions)
+        n = masks.shape[1]
+        small = np.array([math.comb(n, int(k)) <= MAX_IMAGE_SPACE for k in masks.sum(axis=1)], dtype=bool)
+        out: list[Optional[str]] = [None] * len(masks)
+        if small.any():
+            found = motif_signatures(masks[small], self.membership, self.elements, self.positions)
+            for index, signature in zip(np.flatnonzero(small), found):
+                out[index] = signature
+        return out
 
 
 def image_finder(model: StartingModel) -> Optional[ImageFinder]:
@@ -662,7 +679,7 @@ def fits_by_signature(engine: Engine, job: FitJob, signatures: Sequence[str]) ->
     signature -> (the motif actually fitted, status, rwp, params, error).
     """
     found: dict[str, tuple] = {}
-    wanted = sorted(set(signatures))
+    wanted = sorted({signature for signature in signatures if signature is not None})
     with Session(engine) as session:
         for start in range(0, len(wanted), 5000):
             rows = session.execute(
@@ -687,7 +704,8 @@ def fit_one_per_signature(fitter, masks: np.ndarray, motif_ids: Sequence[int], s
     """
     from motex_db.fitting.batched import FitBatch
 
-    first: dict[str, int] = {}
+    signatures = [signature if signature is not None else ("", index) for index, signature in enumerate(signatures)]
+    first: dict = {}
     for index, signature in enumerate(signatures):
         if signature not in known and signature not in first:
             first[signature] = index
