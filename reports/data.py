@@ -35,7 +35,9 @@ from motex_db.errors import InputError
 from motex_db.fitting.imported import IMPORT_RECIPE
 from motex_db.fitting.refine import motif_atoms
 from motex_db.learning import EXTRACTED_SAMPLER_PREFIX
-from motex_db.models import AtomContribution, Dataset, FitConfig, FitResult, Motif, StartingModel, TrainedModel
+from motex_db.models import (
+    AtomContribution, AtomEnvironment, Dataset, FitConfig, FitResult, Motif, StartingModel, TrainedModel,
+)
 from motex_db.series import Decomposition, latest_decomposition
 from motex_db.structures import get_starting_model, permutable_flags
 
@@ -286,8 +288,6 @@ def _contributions(session: Session, model_id: int) -> Optional[pd.DataFrame]:
     ).all()
     if not rows:
         return None
-    # contribution_half / _three_quarters: from the first fits only (None for models explained before
-    # explain stored them)
     # each permutable atom's environment class (NaN for a structure stored before environments were)
     classes = dict(session.exec(
         select(AtomEnvironment.permutable_index, AtomEnvironment.environment_class)
@@ -295,9 +295,12 @@ def _contributions(session: Session, model_id: int) -> Optional[pd.DataFrame]:
         .where(TrainedModel.id == model_id)
         .where(AtomEnvironment.permutable_index.is_not(None))
     ).all())
+    # contribution_half / _three_quarters: from the first fits only (None for models explained before
+    # explain stored them)
     return pd.DataFrame(
         [(r.atom_index, r.element, r.contribution, r.uncertainty, r.confidence,
-          getattr(r, "contribution_half", None), getattr(r, "contribution_three_quarters", None)) for r in rows],
+          getattr(r, "contribution_half", None), getattr(r, "contribution_three_quarters", None),
+          classes.get(r.atom_index)) for r in rows],
         columns=["atom_index", "element", "contribution", "uncertainty", "confidence", "contribution_half",
                  "contribution_three_quarters", "environment_class"],
     ).astype({"contribution_half": float, "contribution_three_quarters": float, "environment_class": float})

@@ -700,7 +700,8 @@ def fit_one_per_signature(fitter, masks: np.ndarray, motif_ids: Sequence[int], s
                           known: dict[str, tuple]):
     """Fit one motif per signature not in ``known`` and give every motif its signature's result.
 
-    Returns (one FitBatch for all motifs, the motif each result was fitted on: None where fitted itself).
+    A motif without a signature (None) is fitted itself. Returns (one FitBatch for all motifs, the motif each
+    result was fitted on: None where fitted itself).
     """
     from motex_db.fitting.batched import FitBatch
 
