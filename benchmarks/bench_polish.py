@@ -125,10 +125,10 @@ def guided_part(folder: Path, n_round: int, n_rounds: int, n_iter: int) -> None:
     print(f"load before: {_load()}")
     for label in ("uniform", "guided"):
         engine, units, _ = _record(folder, f"sampling_{label}", 2, 24)
-        unit = _unit_rwp(engine, f"sampling_{label}", units, 72)
         for k in range(n_rounds):
             strategy = "uniform" if k == 0 or label == "uniform" else "guided"
             explanation = _round(engine, f"sampling_{label}", n_round, strategy, k, n_iter)
+            unit = _unit_rwp(engine, f"sampling_{label}", units, 72)
             mask = explanation.extracted_mask
             changes = (explanation.convergence or {}).get("three_quarters", {}).get("sign_changes")
             print(f"{label:8s} round {k + 1} ({strategy:7s}) fits {(k + 1) * n_round:6d}: extracted {mask.count('1'):2d} W, "
