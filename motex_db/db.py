@@ -164,7 +164,10 @@ def open_engine(url: Optional[str] = None, create: bool = True) -> Engine:
     stored = current_revision(engine)
     head = head_revision()
     if stored is None and create:
-        upgrade(engine)
+        # two commands started together on a new database: one creates the schema, the other waits for it
+        with work_lock(engine, "schema"):
+            if current_revision(engine) is None:
+                upgrade(engine)
     elif stored is None:
         raise DatabaseError(f"{safe_url(str(engine.url))} holds no motex-db record: run motex-db init.")
     elif stored != head:

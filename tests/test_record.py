@@ -203,3 +203,15 @@ def test_a_regular_install_carries_and_runs_its_migrations(tmp_path):
 def test_unknown_url_scheme_raises_database_error():
     with pytest.raises(DatabaseError):
         db.resolve_url("oracle://x@y/z")
+
+
+def test_two_commands_on_a_new_database_at_once_both_find_one_schema(db_url):
+    """The first creates the schema; the second waits for it instead of racing it into an IntegrityError."""
+    import subprocess
+
+    from support import motex_executable
+
+    commands = [subprocess.Popen([motex_executable(), "--db", db_url, "status"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [(c.wait(timeout=300), c.stderr.read()) for c in commands]
+    assert [code for code, _ in results] == [0, 0, 0], results
