@@ -9,8 +9,9 @@ model (130 C: the cage and 70 carbons grown around it) and the cage alone, the f
 and 10^5 masks) whose isometry signature repeats one drawn before it: the fits an
 isometry-aware catalogue does not spend. Then `fit` through the CLI on 10^4 motifs of
 109725.xyz sampled without --dedup: how many results were fitted and how many copied
-from an image, and the largest Rwp difference between a copied result and a direct fit
-of that motif.
+from an image, the largest Rwp difference between a copied result and a direct fit
+of that motif, and the contributions of `train` + `explain` on those results against
+those on a copy of the record whose copied results are replaced by direct fits.
 """
 
 from __future__ import annotations
@@ -92,6 +93,43 @@ def main() -> None:
         direct = prepare_fit(engine, "keggin", "danmax", FitSettings()).fitter().fit_frames(masks, [0])[0].rwp
         print(f"copied results against direct fits of the same {len(copies)} motifs: "
               f"max |Rwp difference| {np.max(np.abs(direct - stored)):.2e}")
+        contributions_with_and_without_copies(url, folder, engine)
+
+
+def contributions_with_and_without_copies(url: str, folder: str, engine) -> None:
+    """Train and explain the record as fitted (with copies), then a copy of it whose copied results are
+    replaced by direct fits of their motifs; compare the contributions against their uncertainty."""
+    import shutil
+
+    from motex_db.catalogue import masks_from_text
+    from motex_db.fitting.settings import FitSettings
+    from motex_db.fitting.work import prepare_fit
+
+    other = f"sqlite:///{Path(folder) / 'direct.db'}"
+    shutil.copy(Path(folder) / "motex.db", Path(folder) / "direct.db")
+    rows = run(other, "sql", "SELECT r.id, m.mask FROM fit_result r JOIN motif m ON m.id = r.motif_id "
+                             "WHERE r.fitted_motif_id IS NOT NULL", "--csv").strip().splitlines()[1:]
+    ids = [int(line.split(",")[0]) for line in rows]
+    masks = masks_from_text([line.split(",")[1] for line in rows], 24)
+    direct = prepare_fit(engine, "keggin", "danmax", FitSettings()).fitter().fit_frames(masks, [0])[0].rwp
+    import sqlite3
+
+    with sqlite3.connect(Path(folder) / "direct.db") as connection:
+        connection.executemany("UPDATE fit_result SET rwp = ?, fitted_motif_id = NULL WHERE id = ?",
+                               [(float(r), i) for r, i in zip(direct, ids)])
+    tables = {}
+    for name, record in (("with copies", url), ("direct fits", other)):
+        run(record, "train", "--structure", "keggin", "--data", "danmax", "--seed", "0")
+        run(record, "explain", "--structure", "keggin", "--data", "danmax")
+        csv = run(record, "sql", "SELECT atom_index, contribution, uncertainty FROM contribution ORDER BY atom_index",
+                  "--csv").strip().splitlines()[1:]
+        tables[name] = np.array([[float(x) for x in line.split(",")] for line in csv])
+    a, b = tables["with copies"], tables["direct fits"]
+    shift = np.abs(a[:, 1] - b[:, 1]) / a[:, 2]
+    same_signs = bool(np.all(np.sign(a[:, 1]) == np.sign(b[:, 1])))
+    print(f"contributions trained on the copies against those trained on direct fits: largest change "
+          f"{np.max(np.abs(a[:, 1] - b[:, 1])):.2e} ({np.max(shift):.3f} of that atom's uncertainty), "
+          f"signs {'all the same' if same_signs else 'NOT all the same'}")
 
 
 if __name__ == "__main__":
