@@ -10,6 +10,7 @@ import typer
 from motex_db.cli import output
 from motex_db.cli.app import MLFLOW_HELP, app, engine_of
 from motex_db.cli.output import console, error_console
+from motex_db.cli.ui import runs_hint
 
 library_app = typer.Typer(help="Libraries of candidate crystal structures: add, list, train.", no_args_is_help=True)
 app.add_typer(library_app, name="library")
@@ -62,7 +63,7 @@ def library_list(ctx: typer.Context) -> None:
     output.print_frame(library_overview(engine_of(ctx)), title="libraries", empty="no libraries yet: use library add.")
 
 
-def _print_classifier(outcome) -> None:
+def _print_classifier(outcome, ui: Optional[str]) -> None:
     m = outcome.metrics
     verb = "trained" if outcome.created else "reusing"
     console.print(
@@ -71,7 +72,7 @@ def _print_classifier(outcome) -> None:
         + f": test accuracy {m['accuracy']:.3f}, top-3 {m['top3_accuracy']:.3f} (simulated PDFs it never saw)."
     )
     if outcome.mlflow_run_id:
-        console.print(f"MLflow run {outcome.mlflow_run_id}; open the UI with:\n  {outcome.ui_command}")
+        console.print(f"MLflow run {outcome.mlflow_run_id}; open the UI with:\n  {ui}")
 
 
 @library_app.command("train")
@@ -87,7 +88,7 @@ def library_train(
 
     with output.stage_progress("steps") as progress:
         outcome = train_classifier(engine_of(ctx), name, per_class, seed, mlflow_uri, on_progress=progress)
-    _print_classifier(outcome)
+    _print_classifier(outcome, runs_hint(ctx, mlflow_uri, outcome.ui_command))
 
 
 @app.command()
@@ -110,7 +111,7 @@ def mine(
         outcome = mine_dataset(engine_of(ctx), data, library, method, top, refine, seed, per_class, mlflow_uri, progress,
                                max_stretch=stretch)
     if outcome.classifier is not None:
-        _print_classifier(outcome.classifier)
+        _print_classifier(outcome.classifier, runs_hint(ctx, mlflow_uri, outcome.classifier.ui_command))
     what = "correlation" if outcome.method == "pcc" else "probability"
     head = (f"mined '{outcome.dataset}' against library '{outcome.library}' ({outcome.method}) in {outcome.seconds:.2f} s"
             if outcome.created else

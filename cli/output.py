@@ -212,7 +212,7 @@ def series_progress(label: str, n_trials: int | None = None):
         )
 
 
-def print_series_train_outcome(outcome) -> None:
+def print_series_train_outcome(outcome, ui: str | None) -> None:
     frames = outcome.frames
     created = outcome.n_created
     where = f"'{outcome.structure}' / series '{outcome.series}' (fit config {outcome.fit_config_id}, {len(frames)} frames)"
@@ -226,7 +226,7 @@ def print_series_train_outcome(outcome) -> None:
     console.print(f"one search on frame '{outcome.reference}': {shown}{cv}")
     print_frame(frames[["frame", "time", "trained_model_id", "n_motifs", "test_mae", "test_r2"]], title="models per frame")
     if outcome.mlflow_run_id:
-        console.print(f"MLflow parent run {outcome.mlflow_run_id} (a child run per frame); open the UI with:\n  {outcome.ui_command}")
+        console.print(f"MLflow parent run {outcome.mlflow_run_id} (a child run per frame); open the UI with:\n  {ui}")
 
 
 def print_series_explain_outcome(outcome, files) -> None:
@@ -251,7 +251,7 @@ def print_series_explain_outcome(outcome, files) -> None:
         console.print(f"{kind}: {path}")
 
 
-def print_train_outcome(outcome) -> None:
+def print_train_outcome(outcome, ui: str | None) -> None:
     metrics = outcome.metrics
     where = f"'{outcome.structure}' / '{outcome.dataset}' (fit config {outcome.fit_config_id}, {outcome.n_motifs} motifs)"
     if outcome.created:
@@ -267,7 +267,7 @@ def print_train_outcome(outcome) -> None:
                       for k in ("learning_rate", "max_depth", "n_estimators", "min_child_weight", "subsample") if k in hyper)
     console.print(f"hyper-parameters: {shown}")
     if outcome.mlflow_run_id:
-        console.print(f"MLflow run {outcome.mlflow_run_id}; open the UI with:\n  {outcome.ui_command}")
+        console.print(f"MLflow run {outcome.mlflow_run_id}; open the UI with:\n  {ui}")
 
 
 def print_environment_contributions(rows: list[dict]) -> None:

@@ -237,6 +237,7 @@ def train(
     workers: Optional[int] = typer.Option(None, "--workers", help="With --series: local processes training frames (default: one per core)."),
 ) -> None:
     """Step 3: learn Rwp from atom presence (XGBoost, Bayesian hyper-parameter search), tracked in MLflow."""
+    from motex_db.cli.ui import runs_hint
     from motex_db.learning import N_INITIAL, train_model, train_series
 
     _data_or_series(data, series)
@@ -251,7 +252,7 @@ def train(
                 engine, structure, series, reference, fit_config, n_iter, cv, seed, mlflow_uri, on_trial, on_frame,
                 workers=workers,
             )
-        output.print_series_train_outcome(outcome)
+        output.print_series_train_outcome(outcome, runs_hint(ctx, mlflow_uri, outcome.ui_command))
         return
     if reference is not None:
         raise InputError("--reference picks a frame of a series: use it with --series.")
@@ -260,7 +261,7 @@ def train(
     with output.trial_progress(N_INITIAL + n_iter) as on_trial:
         outcome = train_model(engine, structure, data, fit_config, n_iter, cv, seed, mlflow_uri, on_trial,
                               full_search=full_search)
-    output.print_train_outcome(outcome)
+    output.print_train_outcome(outcome, runs_hint(ctx, mlflow_uri, outcome.ui_command))
 
 
 def _data_or_series(data: Optional[str], series: Optional[str]) -> None:

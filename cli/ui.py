@@ -162,6 +162,13 @@ def ui(
         _stop(process)
 
 
+def runs_hint(ctx, mlflow_uri: Optional[str], ui_command: Optional[str]) -> Optional[str]:
+    """How to open a command's MLflow runs: ``motex-db ui`` for the record's store, or the tracking server's URL."""
+    if ui_command is None or ui_command.startswith("open "):
+        return ui_command
+    return ui_hint(ctx.obj["db"], mlflow_uri)
+
+
 def ui_hint(db_given: Optional[str], mlflow_uri: Optional[str]) -> str:
     """The ``motex-db ui`` command for the record the user named, as they would type it."""
     from motex_db.db import safe_url
