@@ -388,11 +388,24 @@ def sample_sphere_masks(
     """
     positions = np.asarray(positions_perm, dtype=float)
     _check_sphere_inputs(positions, n_new, radius_min, radius_max, centres)
+    return _collect_new(
+        lambda remaining: _sphere_batch(positions, rng, radius_min, radius_max, centres),
+        existing, n_new, _SPHERE_MAX_FRUITLESS,
+    )
+
+
+def _collect_new(draw_batch, existing, n_new: int, max_fruitless: int) -> tuple[list[str], bool]:
+    """New mask texts from batches of draws, until ``n_new`` or ``max_fruitless`` draws in a row gave nothing new.
+
+    ``draw_batch(remaining)`` returns an iterable of mask texts, None for a draw
+    to reject (an empty motif). Texts in ``existing`` or drawn before are
+    skipped. Returns (new texts in draw order, exhausted).
+    """
     taken = set(existing)
     out: list[str] = []
     fruitless = 0
     while len(out) < n_new:
-        for text in _sphere_batch(positions, rng, radius_min, radius_max, centres):
+        for text in draw_batch(n_new - len(out)):
             if text is not None and text not in taken:
                 taken.add(text)
                 out.append(text)
@@ -401,7 +414,7 @@ def sample_sphere_masks(
                     return out, False
             else:
                 fruitless += 1
-                if fruitless >= _SPHERE_MAX_FRUITLESS:
+                if fruitless >= max_fruitless:
                     return out, True
     return out, False
 
@@ -488,11 +501,9 @@ def sample_guided_masks(
     keep = 1.0 / (1.0 + np.exp(np.clip(_GUIDED_SHARPNESS * c / spread, -50, 50))) if spread > 0 else np.full(n, 0.5)
     keep = np.clip(keep, _GUIDED_FLOOR, 1.0 - _GUIDED_FLOOR)
     fraction = neighbourhood_fraction if len(best) else 0.0
-    taken = set(existing)
-    out: list[str] = []
-    fruitless = 0
-    while len(out) < n_new:
-        size = min(max(2 * (n_new - len(out)), 64), 100_000)
+
+    def draw_batch(remaining: int) -> list[str | None]:
+        size = min(max(2 * remaining, 64), 100_000)
         near = rng.random(size) < fraction
         masks = rng.random((size, n)) < keep
         if near.any():
@@ -500,18 +511,9 @@ def sample_guided_masks(
             for row, k in zip(rows, rng.integers(1, _GUIDED_MAX_FLIPS + 1, size=len(rows))):
                 row[rng.choice(n, size=min(int(k), n), replace=False)] ^= True
             masks[near] = rows
-        for text, mask in zip(masks_to_text(masks), masks):
-            if mask.any() and text not in taken:
-                taken.add(text)
-                out.append(text)
-                fruitless = 0
-                if len(out) == n_new:
-                    return out, False
-            else:
-                fruitless += 1
-                if fruitless >= _GUIDED_MAX_FRUITLESS:
-                    return out, True
-    return out, False
+        return [text if mask.any() else None for text, mask in zip(masks_to_text(masks), masks)]
+
+    return _collect_new(draw_batch, existing, n_new, _GUIDED_MAX_FRUITLESS)
 
 
 def _guide(session, model, dataset: str | None, n_best: int = 20) -> tuple[np.ndarray, np.ndarray, str]:
