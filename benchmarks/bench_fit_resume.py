@@ -28,26 +28,15 @@ import re
 import signal
 import statistics
 import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import sqlalchemy as sa
 
+from bench_fit import MOTEX, run as motex
 from bench_pdf import DANMAX_GR, KEGGIN_XYZ
 
-MOTEX = str(Path(sys.executable).with_name("motex-db"))
 TABLES = ("motif", "fit_result", "fit_claim")
-
-
-def motex(url: str, *args) -> tuple[float, str]:
-    start = time.perf_counter()
-    done = subprocess.run([MOTEX, "--db", url, *map(str, args)], capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"motex-db {' '.join(map(str, args))} failed:\n{done.stderr}")
-    return seconds, done.stdout
 
 
 def count(engine: sa.Engine, sql: str) -> int:
