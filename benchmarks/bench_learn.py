@@ -4,12 +4,19 @@ Run from the repository root (under the benchmark lock, as every benchmark here)
 
     flock /tmp/motex-bench.lock .venv/bin/python benchmarks/bench_learn.py                 # 10^4 motifs, 48 W
     flock /tmp/motex-bench.lock .venv/bin/python benchmarks/bench_learn.py --metal 72 --motifs 50000 --repeats 1
+    flock /tmp/motex-bench.lock .venv/bin/python benchmarks/bench_learn.py --series 100 --repeats 1 --no-compare
 
 A WO3 cluster with --metal permutable W (48: ~220 atoms; 72: ~300) and a PDF
 simulated from its core (see bench_fit.py) is sampled and fitted once; then,
-in a fresh copy of the record per repeat, `train` and `explain` run with
-their defaults and are timed (wall time of each command, process start
-included); medians are printed, with the load average.
+in a fresh copy of the record per repeat (without its MLflow store, as at a
+first `train`), `train` and `explain` run with their defaults and are timed
+(wall time of each command, process start included); medians are printed,
+with the load average.
+
+With --series K (needs ../shared): ML-MotEx's Keggin model against K frames
+made from the DanMAX measurement (bench_series.keggin_frames), --motifs
+motifs fitted to every frame; then `train --series` and `explain --series`
+with their defaults, timed the same way.
 
 Then, on the same fits and in this process, the answers are compared with
 the search motex-db used before issue 12 (`--compare`, on by default): the
@@ -129,37 +136,66 @@ def load() -> str:
     return " ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
+def timed_repeats(folder: Path, repeats: int, train_args: list, explain_args: list) -> tuple:
+    """Median wall times of `train` and `explain` over fresh copies of folder/fitted.db; the last outputs."""
+    timings, out, last = [], "", ""
+    for repeat in range(repeats):
+        copy = folder / f"run{repeat}"
+        copy.mkdir()
+        shutil.copy(folder / "fitted.db", copy / "motex.db")
+        copy_url = f"sqlite:///{copy / 'motex.db'}"
+        train_s, out = run(copy_url, "train", *train_args)
+        explain_s, last = run(copy_url, "explain", *explain_args)
+        timings.append((train_s, explain_s))
+    train_s = statistics.median(t for t, _ in timings)
+    explain_s = statistics.median(e for _, e in timings)
+    print(f"  train: {train_s:.1f} s   explain: {explain_s:.1f} s   together: {train_s + explain_s:.1f} s "
+          f"(runs: {', '.join(f'{t + e:.1f}' for t, e in timings)})")
+    print(f"  peak memory of any command: {peak_memory_mb():.0f} MiB")
+    return out, last
+
+
+def series_case(folder: Path, n_frames: int, n_motifs: int, repeats: int) -> None:
+    from bench_pdf import KEGGIN_XYZ
+    from bench_series import keggin_frames
+
+    paths = keggin_frames(folder, n_frames)
+    url = f"sqlite:///{folder / 'fitted.db'}"
+    run(url, "structure", "add", KEGGIN_XYZ, "--name", "s", "--permute", "W")
+    run(url, "data", "add", *paths, "--series", "keggin")
+    run(url, "sample", "--structure", "s", "--n", n_motifs, "--seed", 1)
+    fit_s, _ = run(url, "fit", "--structure", "s", "--series", "keggin")
+    print(f"109725.xyz (24 W), {n_motifs} motifs x {n_frames} frames made from the DanMAX data (fit --series "
+          f"{fit_s:.1f} s); train --series then explain --series with defaults; medians of {repeats} runs, "
+          f"load {load()}:")
+    out, last = timed_repeats(folder, repeats, ["--structure", "s", "--series", "keggin"],
+                              ["--structure", "s", "--series", "keggin"])
+    print("  train said: " + " / ".join(line for line in out.splitlines() if "frame" in line)[:300])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--motifs", type=int, default=10_000)
     parser.add_argument("--metal", type=int, default=48, help="permutable W of the generated model")
+    parser.add_argument("--series", type=int, default=0, help="frames of a Keggin series instead (needs ../shared)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-compare", action="store_true", help="skip the comparison with the old search")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
+        if args.series:
+            series_case(folder, args.series, args.motifs, args.repeats)
+            return
         structure, data = generated_model(folder, args.metal)
         url = f"sqlite:///{folder / 'fitted.db'}"
         run(url, "structure", "add", structure, "--name", "s", "--permute", "W")
         run(url, "data", "add", data, "--name", "d")
         run(url, "sample", "--structure", "s", "--n", args.motifs, "--seed", 1)
         fit_s, _ = run(url, "fit", "--structure", "s", "--data", "d")
-        timings, last = [], ""
-        for repeat in range(args.repeats):
-            copy = folder / f"run{repeat}"
-            copy.mkdir()
-            shutil.copy(folder / "fitted.db", copy / "motex.db")
-            copy_url = f"sqlite:///{copy / 'motex.db'}"
-            train_s, out = run(copy_url, "train", "--structure", "s", "--data", "d")
-            explain_s, last = run(copy_url, "explain", "--structure", "s", "--data", "d")
-            timings.append((train_s, explain_s))
-        train_s = statistics.median(t for t, _ in timings)
-        explain_s = statistics.median(e for _, e in timings)
         print(f"{args.motifs} motifs, N = {args.metal} W (fit {fit_s:.1f} s); train then explain with defaults; "
               f"medians of {args.repeats} runs, load {load()}:")
-        print(f"  train: {train_s:.1f} s   explain: {explain_s:.1f} s   together: {train_s + explain_s:.1f} s "
-              f"(runs: {', '.join(f'{t + e:.1f}' for t, e in timings)})")
-        print(f"  peak memory of any command: {peak_memory_mb():.0f} MiB")
+        steps = ["--structure", "s", "--data", "d"]
+        out, last = timed_repeats(folder, args.repeats, steps, steps)
         print("  train said: " + " / ".join(line for line in out.splitlines() if line.startswith(("trained", "test set"))))
         print("  explain said: " + next((l for l in last.splitlines() if l.startswith("extracted motif")), "")[:160])
         if not args.no_compare:

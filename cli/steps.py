@@ -230,7 +230,7 @@ def train(
     reference: Optional[str] = typer.Option(None, "--reference", help="With --series: the frame searched on (default: the last)."),
     fit_config: Optional[int] = typer.Option(None, "--fit-config", help="Fit config id (default: the one with the most fits)."),
     n_iter: int = typer.Option(50, "--n-iter", help="Bayesian iterations after the 4 random starts."),
-    cv: int = typer.Option(3, "--cv", help="Folds of the cross-validation that scores each trial."),
+    cv: int = typer.Option(0, "--cv", help="How each trial is scored: 0 on the validation part of the training motifs (its fit is the final model if chosen), K >= 2 by K-fold cross-validation."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, the search and the model."),
     mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help=MLFLOW_HELP),
     full_search: bool = typer.Option(False, "--full-search", help="Run all --n-iter iterations and take the lowest CV MAE (ML-MotEx's exhaustive search) instead of stopping when the search stops improving."),

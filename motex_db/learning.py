@@ -52,7 +52,8 @@ from motex_db.surrogate import (
 )
 
 # bump when the same inputs would give another model
-LEARNING_VERSION = "motex-learning 2"  # 2: early stopping in the CV folds, search stopping, tree budget
+LEARNING_VERSION = "motex-learning 3"  # 2: early stopping in the CV folds, search stopping, tree budget;
+# 3: trials scored on the validation part, two at a time, 3000-round budget
 EXTRACTED_SAMPLER_PREFIX = "extracted"
 # A claim's lease: its holder renews it every third of this while it works, so
 # only a holder that died (or lost the database) lets it run out. A holder on
@@ -452,8 +453,8 @@ def train_model(
     from motex_db.structures import get_starting_model
     from motex_db.tracking import open_tracker, tracking_location
 
-    if n_iter < 0 or cv < 2:
-        raise InputError(f"--n-iter must be >= 0 and --cv >= 2 (got {n_iter} and {cv}).")
+    if n_iter < 0 or cv == 1 or cv < 0:
+        raise InputError(f"--n-iter must be >= 0 and --cv 0 (the validation part) or >= 2 (got {n_iter} and {cv}).")
     seed = _check_seed(seed)
     with Session(engine) as session:
         model = get_starting_model(session, structure)
@@ -728,8 +729,8 @@ def train_series(
     from motex_db.structures import get_starting_model
     from motex_db.tracking import open_tracker, tracking_location
 
-    if n_iter < 0 or cv < 2:
-        raise InputError(f"--n-iter must be >= 0 and --cv >= 2 (got {n_iter} and {cv}).")
+    if n_iter < 0 or cv == 1 or cv < 0:
+        raise InputError(f"--n-iter must be >= 0 and --cv 0 (the validation part) or >= 2 (got {n_iter} and {cv}).")
     seed = _check_seed(seed)
     with Session(engine) as session:
         model = get_starting_model(session, structure)

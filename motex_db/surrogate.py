@@ -7,13 +7,13 @@ them:
 
 1. a seeded, shuffled 80/20 split into training and test motifs;
 2. hyper-parameters by Bayesian optimisation (scikit-optimize, Gaussian
-   process), each candidate scored by the mean absolute error of k-fold
-   cross-validation on the training motifs, every fold's fit stopping early
-   on its held-out fold; the search ends when it stops improving, and the
-   cheapest candidate within a percent or two of the best is chosen;
-3. a final fit on the training motifs with early stopping on a validation part
-   split off the *training* motifs (ML-MotEx stopped on its test set, which
-   leaks; here the test set only measures);
+   process), each candidate fitted with early stopping on a validation part
+   split off the *training* motifs and scored by its mean absolute error
+   there (or by k-fold cross-validation on request); the search ends when it
+   stops improving, and the candidate cheapest to explain within a percent or
+   two of the best is chosen;
+3. the final model: the chosen candidate's fit (ML-MotEx stopped on its test
+   set, which leaks; here the test set only measures);
 4. MAE, RMSE and R^2 on the test motifs.
 
 Everything here takes arrays and returns arrays or plain values:
@@ -50,13 +50,13 @@ __all__ = [
     "N_ITER",
     "N_INITIAL",
     "CV_FOLDS",
+    "TRIALS_PER_ASK",
     "PATIENCE",
     "MIN_IMPROVEMENT",
     "COST_TOLERANCE",
     "TEST_FRACTION",
     "VALIDATION_FRACTION",
     "EARLY_STOPPING_ROUNDS",
-    "CV_EARLY_STOPPING_ROUNDS",
     "MAX_ROUNDS",
     "MIN_MOTIFS",
     "features",
@@ -80,30 +80,37 @@ __all__ = [
 # ML-MotEx's recipe (science.md section 4); every default below refers here.
 N_ITER = 50  # at most this many Bayesian iterations after the random starts
 N_INITIAL = 4  # random starts before the Gaussian process takes over
-CV_FOLDS = 3
-# The search stops after this many Bayesian trials in a row that lower the best
-# CV MAE by less than MIN_IMPROVEMENT (relative). Measured on the 48-W and
-# Keggin catalogues (docs/learning.md): the best trial of a 50-iteration
-# search is almost always found within the first ~15, and later ones improve
-# CV MAE by well under a percent.
-PATIENCE = 8
+# How each trial is scored: 0 (the default) on the validation part that the
+# final model's early stopping uses (so the chosen trial *is* the final
+# model, and no fit is repeated); k >= 2 by k-fold cross-validation of the
+# training motifs (k fits per trial, and a final fit after the search).
+# Measured in docs/learning.md: on the Keggin and 48-W catalogues the
+# validation part picks models whose test MAE is within 3 % of those the
+# 3-fold search picked, at a third of the cost per trial.
+CV_FOLDS = 0
+# Candidates proposed together (scikit-optimize's constant liar) and trained
+# side by side, one thread each. Fixed, not the core count, so that the
+# trials and the chosen model do not depend on the machine.
+TRIALS_PER_ASK = 2
+# The search stops after this many trials in a row that lower the best score
+# by less than MIN_IMPROVEMENT (relative), counted after the random starts.
+# Measured on the 48-W and Keggin catalogues (docs/learning.md): the chosen
+# trial of a 54-trial search is almost always found within the first ~12,
+# and later ones improve the score by well under a percent.
+PATIENCE = 4
 MIN_IMPROVEMENT = 0.005
-# Among trials within this (relative) of the lowest CV MAE, the one with the
-# fewest leaves is chosen: step 4's TreeSHAP time is proportional to them.
+# Among trials within this (relative) of the lowest score, the one whose
+# model is cheapest to explain is chosen (see Trial.cost).
 COST_TOLERANCE = 0.02
 TEST_FRACTION = 0.2
 VALIDATION_FRACTION = 0.2  # of the training motifs, for early stopping
 EARLY_STOPPING_ROUNDS = 50
-# Patience of early stopping inside the cross-validation folds: a score needs
-# the right tree count only roughly, and a shorter patience halves a trial.
-CV_EARLY_STOPPING_ROUNDS = 20
-# Upper bound on boosting rounds of every fit, in the search and the final
-# model (ML-MotEx allowed 5000 "epochs"). Early stopping ends most fits
-# sooner; the bound is a cost budget: step 4's TreeSHAP time is proportional
-# to the trees, and learning rates so slow that they need more than 1000
-# rounds buy about 5 % of MAE for 3-5 times the trees (docs/learning.md).
-MAX_ROUNDS = 1000
-# Below this the 80/20 split, 3-fold CV and a validation part leave folds of a
+# Upper bound on boosting rounds of every fit (ML-MotEx allowed 5000
+# "epochs"). Early stopping ends most fits sooner. Measured
+# (docs/learning.md): the catalogues' best models are shallow (depth 3) and
+# want 1,500-3,000 rounds; a bound of 1000 cost 5-7 % of test MAE.
+MAX_ROUNDS = 3000
+# Below this the 80/20 split, the folds and a validation part leave a
 # handful of motifs: the numbers would mean nothing.
 MIN_MOTIFS = 20
 
@@ -179,9 +186,9 @@ class SearchSpace:
     - subsample 0.5-1.0: row subsampling per tree, the other cheap guard
       against fitting noise; 1.0 recovers ML-MotEx's boosting on all rows.
 
-    The number of trees is not searched: every cross-validation fit stops
-    early on its held-out fold (:data:`CV_EARLY_STOPPING_ROUNDS`), so each
-    candidate is scored with the tree count that suits it. (Searched, as
+    The number of trees is not searched: every fit stops early on its
+    held-out part (:data:`EARLY_STOPPING_ROUNDS`), so each candidate is
+    scored with the tree count that suits it. (Searched, as
     ML-MotEx and motex-db before did, a capped count biased the search
     against slow learning rates and cost a dimension.)
 
@@ -193,6 +200,11 @@ class SearchSpace:
     max_depth: tuple[int, int] = (2, 10)
     min_child_weight: tuple[float, float] = (1.0, 20.0)
     subsample: tuple[float, float] = (0.5, 1.0)
+    # The first point tried, before the random starts (None: random starts
+    # only): shallow trees at a moderate learning rate, the region where the
+    # searches on the Keggin, 48-W and 72-W catalogues found their best models
+    # (docs/learning.md). It is one of the n_initial starts.
+    start: Optional[tuple] = (0.2, 3, 5.0, 0.8)
 
     def dimensions(self) -> list:
         """The scikit-optimize dimensions, named like XGBoost's parameters."""
@@ -209,20 +221,31 @@ class SearchSpace:
     def names(self) -> list[str]:
         return [d.name for d in self.dimensions()]
 
+    def start_point(self) -> Optional[list]:
+        """``start`` as a point of :meth:`dimensions`, checked to lie inside them."""
+        if self.start is None:
+            return None
+        dimensions = self.dimensions()
+        if len(self.start) != len(dimensions) or not all(v in d for v, d in zip(self.start, dimensions)):
+            raise InputError(f"The search's start point {self.start} does not lie in its space.")
+        return list(self.start)
+
 
 @dataclass(frozen=True)
 class Trial:
-    """One evaluated candidate: its parameters, its cross-validated MAE and its size.
+    """One evaluated candidate: its parameters, its score and its size.
 
-    ``n_rounds`` is the mean over folds of the trees early stopping kept;
-    ``cost`` = n_rounds x 2^max_depth, proportional to the leaves a model
-    with these parameters holds, which is what TreeSHAP's time scales with.
-    ``started``/``finished`` are Unix times in seconds (for tracking).
+    ``cv_mae`` is the mean held-out MAE over the scoring parts (the
+    validation part, or the cross-validation folds); ``n_rounds`` is the mean
+    number of trees early stopping kept. ``cost`` = n_rounds x 2^max_depth x
+    max_depth^2 is proportional to TreeSHAP's work per explained motif
+    (trees x leaves x depth^2), the price of step 4. ``started``/``finished``
+    are Unix times in seconds (for tracking).
     """
 
     index: int  # 0-based, in the order evaluated; the first n_initial are random
     params: dict
-    cv_mae: float  # mean over folds, in Rwp units
+    cv_mae: float  # mean over the scoring parts, in Rwp units
     fold_mae: tuple[float, ...]
     n_rounds: float = 0.0
     started: float = 0.0
@@ -230,7 +253,8 @@ class Trial:
 
     @property
     def cost(self) -> float:
-        return float(self.n_rounds) * 2.0 ** int(self.params.get("max_depth", 0))
+        depth = int(self.params.get("max_depth", 0))
+        return float(self.n_rounds) * 2.0**depth * depth**2
 
     def as_dict(self) -> dict:
         """The trial as plain JSON values (the record's training log)."""
@@ -243,9 +267,12 @@ class SearchResult:
     """Every trial of a search and the chosen one.
 
     ``best_*`` describe the chosen trial: the cheapest (:attr:`Trial.cost`)
-    among those whose CV MAE is within ``tolerance`` of the lowest, which is
+    among those whose score is within ``tolerance`` of the lowest, which is
     ``lowest_cv_mae``. ``stopped_early`` is True when the search ended before
     its ``n_initial + n_iter`` trials because it stopped improving.
+    ``final`` is the chosen trial's model when trials were scored on the
+    validation part (``cv=0``): the model :func:`train_final` would fit with
+    ``best_params``, already fitted. None after cross-validation.
     """
 
     trials: list[Trial]
@@ -254,6 +281,7 @@ class SearchResult:
     best_cv_mae: float
     lowest_cv_mae: float = math.nan
     stopped_early: bool = False
+    final: Optional["FinalModel"] = None
 
 
 def search_hyperparameters(
@@ -270,27 +298,30 @@ def search_hyperparameters(
     tolerance: float = COST_TOLERANCE,
     on_trial_done: Optional[Callable[[Trial], None]] = None,
 ) -> SearchResult:
-    """Bayesian optimisation of XGBoost's hyper-parameters by k-fold CV MAE.
+    """Bayesian optimisation of XGBoost's hyper-parameters by held-out MAE.
 
     scikit-optimize's ``Optimizer`` with a Gaussian-process surrogate proposes
     ``n_initial`` random points, then up to ``n_iter`` points chosen by its
-    acquisition function (``--n-iter`` counts the latter, as in ML-MotEx).
-    Each trial fits ``cv`` XGBoost regressors on the same seeded, shuffled
-    folds, each stopping early on its held-out fold, and is scored by the
-    mean MAE on the held-out folds.
+    acquisition function (``--n-iter`` counts the latter, as in ML-MotEx),
+    :data:`TRIALS_PER_ASK` at a time. Every fit of a trial stops early on its
+    held-out part. With ``cv=0`` a trial is one fit, scored on the validation
+    part of :func:`train_final` (same split, same stopping): its model is the
+    final model if chosen. With ``cv=k`` (k >= 2) a trial is k fits on the
+    same seeded, shuffled folds, scored by the mean held-out MAE.
 
-    The search stops before ``n_iter`` when ``patience`` Bayesian trials in a
-    row have not lowered the best CV MAE by more than :data:`MIN_IMPROVEMENT`
-    (relative); ``patience=None`` runs every trial (the exhaustive search).
-    The chosen trial is the cheapest within ``tolerance`` (relative) of the
-    lowest CV MAE (``tolerance=0``: the lowest): a model of a quarter of the
-    trees explains four times faster in step 4, and differences of a percent
-    in CV MAE are within the folds' own spread.
+    The search stops before ``n_iter`` when ``patience`` trials in a row after
+    the random starts have not lowered the best score by more than
+    :data:`MIN_IMPROVEMENT` (relative); ``patience=None`` runs every trial
+    (the exhaustive search). The chosen trial is the cheapest to explain
+    (:attr:`Trial.cost`) within ``tolerance`` (relative) of the lowest score
+    (``tolerance=0``: the lowest): differences of a percent are within the
+    held-out parts' own spread, and a model of a third of the trees explains
+    three times faster in step 4.
 
     ``on_trial(index, params, cv_mae)`` and ``on_trial_done(trial)`` are
-    called after each trial (index 0-based). ``n_jobs`` is how many folds are
-    fitted side by side, each on one thread (the result does not depend on
-    it). A point proposed twice is not refitted (fits are deterministic).
+    called after each trial (index 0-based). ``n_jobs`` is how many fits run
+    side by side, each on one thread; the result does not depend on it. A
+    point proposed twice is not refitted (fits are deterministic).
     """
     X_train, y_train = _check_xy(X_train, y_train)
     seed = _check_seed(seed)
@@ -301,20 +332,29 @@ def search_hyperparameters(
     if patience is not None and patience < 1:
         raise InputError(f"The search's patience must be at least one trial, not {patience}.")
     if not 0.0 <= tolerance < 1.0:
-        raise InputError(f"The CV MAE tolerance must lie in [0, 1), not {tolerance}.")
-    if not 2 <= cv <= len(y_train):
+        raise InputError(f"The score tolerance must lie in [0, 1), not {tolerance}.")
+    if cv != 0 and not 2 <= cv <= len(y_train):
         raise InputError(
-            f"Cross-validation needs between 2 and {len(y_train)} folds (the training motifs), not {cv}."
+            f"Cross-validation needs between 2 and {len(y_train)} folds (the training motifs), or 0 to score "
+            f"on the validation part, not {cv}."
         )
     dimensions = space.dimensions()
     names = [d.name for d in dimensions]
-    folds = _fold_matrices(X_train, y_train, cv, seed)
-    optimizer = Optimizer(dimensions, base_estimator="GP", n_initial_points=n_initial, random_state=seed)
+    # One set of matrices per slot of a batch: XGBoost builds its histogram
+    # index on a matrix lazily, and two fits sharing one at once race there.
+    split_rows = _scoring_parts(X_train, y_train, cv, seed)
+    parts = [[_part(X_train, y_train, fit, held) for fit, held in split_rows] for _ in range(TRIALS_PER_ASK)]
+    # "sampling" scores the acquisition function on random points instead of
+    # polishing it with L-BFGS from several starts: the same proposals to
+    # within the GP's own uncertainty, at a fraction of the cost per ask.
+    optimizer = Optimizer(dimensions, base_estimator="GP", n_initial_points=n_initial, random_state=seed,
+                          acq_optimizer="sampling")
     n_trials = n_initial + n_iter
     trials: list[Trial] = []
-    seen: dict[tuple, tuple[tuple[float, ...], float]] = {}
+    kept: dict[int, FinalModel] = {}  # validation-part models of trials that may yet be chosen
+    seen: dict[tuple, tuple] = {}
     best, since_best, stopped = math.inf, 0, False
-    pool = ThreadPoolExecutor(max_workers=max(1, min(int(n_jobs), cv))) if n_jobs > 1 else None
+    pool = ThreadPoolExecutor(max_workers=int(n_jobs)) if n_jobs > 1 else None
     # The Gaussian process works on matrices of a few dozen rows: BLAS threads
     # only cost there (many-fold slower on a busy 2-core machine), so limit
     # them to one for the duration of the search.
@@ -323,46 +363,56 @@ def search_hyperparameters(
             # The GP's kernel fit may stop at a bound of its hyper-parameters; that
             # is expected with few points and changes nothing for the caller.
             warnings.simplefilter("ignore", ConvergenceWarning)
-            for index in range(n_trials):
+            while len(trials) < n_trials and not stopped:
                 started = time.time()
-                point = optimizer.ask()
-                params = {name: _plain(value) for name, value in zip(names, point)}
-                key = tuple(params.values())
-                if key not in seen:
-                    seen[key] = _cv_scores(folds, params, seed, pool)
-                fold_mae, n_rounds = seen[key]
-                cv_mae = float(np.mean(fold_mae))
-                last = index + 1 == n_trials
-                if cv_mae < best * (1.0 - MIN_IMPROVEMENT):
-                    since_best = 0
-                elif index >= n_initial:
-                    since_best += 1
-                best = min(best, cv_mae)
-                stop = patience is not None and since_best >= patience
+                size = min(TRIALS_PER_ASK, n_trials - len(trials))
+                first = [space.start_point()] if not trials and space.start is not None else []
+                size -= len(first)
+                points = first + (optimizer.ask(n_points=size) if size > 1 else [optimizer.ask()] if size else [])
+                batch = [{name: _plain(value) for name, value in zip(names, point)} for point in points]
+                fresh = list(dict.fromkeys(tuple(p.values()) for p in batch if tuple(p.values()) not in seen))
+                jobs = [(key, part) for slot, key in enumerate(fresh) for part in parts[slot]]
+                fitted = list(pool.map(lambda job: _fit(job[1], dict(zip(names, job[0])), seed, cv == 0), jobs) if pool
+                              else (_fit(part, dict(zip(names, key)), seed, cv == 0) for key, part in jobs))
+                for key in fresh:
+                    mine = [f for (k, _), f in zip(jobs, fitted) if k == key]
+                    seen[key] = (tuple(m for m, _, _ in mine), float(np.mean([r for _, r, _ in mine])), mine[0][2])
+                finished = time.time()
+                scores = []
+                for params in batch:
+                    fold_mae, n_rounds, model = seen[tuple(params.values())]
+                    index = len(trials)
+                    trial = Trial(index=index, params=params, cv_mae=float(np.mean(fold_mae)), fold_mae=fold_mae,
+                                  n_rounds=n_rounds, started=started, finished=finished)
+                    trials.append(trial)
+                    scores.append(trial.cv_mae)
+                    if trial.cv_mae < best * (1.0 - MIN_IMPROVEMENT):
+                        since_best = 0
+                    elif index >= n_initial:
+                        since_best += 1
+                    best = min(best, trial.cv_mae)
+                    if model is not None:
+                        kept[index] = model
+                    if on_trial is not None:
+                        on_trial(index, dict(params), trial.cv_mae)
+                    if on_trial_done is not None:
+                        on_trial_done(trial)
+                kept = {i: m for i, m in kept.items() if trials[i].cv_mae <= best * (1.0 + tolerance)}
+                stopped = patience is not None and since_best >= patience and len(trials) < n_trials
                 # The last tell need not refit the GP: nothing more is asked.
-                optimizer.tell(point, cv_mae, fit=not (last or stop))
-                trial = Trial(index=index, params=params, cv_mae=cv_mae, fold_mae=fold_mae, n_rounds=n_rounds,
-                              started=started, finished=time.time())
-                trials.append(trial)
-                if on_trial is not None:
-                    on_trial(index, dict(params), cv_mae)
-                if on_trial_done is not None:
-                    on_trial_done(trial)
-                if stop and not last:
-                    stopped = True
-                    break
+                optimizer.tell([list(p) for p in points], scores, fit=len(trials) < n_trials and not stopped)
     finally:
         if pool is not None:
             pool.shutdown()
     chosen = choose_trial(trials, tolerance)
     return SearchResult(
         trials=trials, best_index=chosen.index, best_params=dict(chosen.params), best_cv_mae=chosen.cv_mae,
-        lowest_cv_mae=min(t.cv_mae for t in trials), stopped_early=stopped,
+        lowest_cv_mae=min(t.cv_mae for t in trials), stopped_early=stopped, final=kept.get(chosen.index),
     )
 
 
 def choose_trial(trials: list[Trial], tolerance: float = COST_TOLERANCE) -> Trial:
-    """The cheapest trial whose CV MAE is within ``tolerance`` (relative) of the lowest; ties by index."""
+    """The cheapest trial whose score is within ``tolerance`` (relative) of the lowest; ties by index."""
     if not trials:
         raise InputError("A search without trials has nothing to choose from.")
     lowest = min(t.cv_mae for t in trials)
@@ -370,35 +420,16 @@ def choose_trial(trials: list[Trial], tolerance: float = COST_TOLERANCE) -> Tria
     return min(near, key=lambda t: (t.cost, t.cv_mae, t.index))
 
 
-def _fold_matrices(X, y, cv, seed) -> list[tuple]:
-    """(fit DMatrix, held-out DMatrix, held-out targets) per fold, built once for the whole search."""
-    folds = []
-    for fit_rows, held_rows in KFold(n_splits=cv, shuffle=True, random_state=seed).split(X):
-        folds.append((xgb.DMatrix(X[fit_rows], label=y[fit_rows], nthread=1),
-                      xgb.DMatrix(X[held_rows], label=y[held_rows], nthread=1)))
-    return folds
+def _scoring_parts(X, y, cv, seed) -> list[tuple]:
+    """(fit rows, held-out rows) index pairs of ``X``: the validation split (cv=0) or k folds."""
+    if cv == 0:
+        return [_validation_split(len(y), seed)]
+    return [(fit, held) for fit, held in KFold(n_splits=cv, shuffle=True, random_state=seed).split(X)]
 
 
-def _cv_scores(folds, params, seed, pool) -> tuple[tuple[float, ...], float]:
-    """(held-out MAE per fold, mean number of trees kept) of one candidate."""
-    fitted = list(pool.map(lambda fold: _fold_score(fold, params, seed), folds) if pool else
-                  (_fold_score(fold, params, seed) for fold in folds))
-    return tuple(mae for mae, _ in fitted), float(np.mean([rounds for _, rounds in fitted]))
-
-
-def _fold_score(fold, params, seed) -> tuple[float, int]:
-    fit, held = fold
-    booster = xgb.train(
-        {**_FIXED_PARAMS, **params, "seed": int(seed), "nthread": 1, "eval_metric": "mae"},
-        fit, num_boost_round=MAX_ROUNDS, evals=[(held, "held")],
-        early_stopping_rounds=CV_EARLY_STOPPING_ROUNDS, verbose_eval=False,
-    )
-    return float(booster.best_score), int(booster.best_iteration) + 1
-
-
-def _regressor(params: dict, *, seed: int, n_jobs: int, **extra) -> xgb.XGBRegressor:
-    merged = {**_FIXED_PARAMS, **params, **extra, "random_state": int(seed), "n_jobs": int(n_jobs)}
-    return xgb.XGBRegressor(**merged)
+def _validation_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    # A stream of its own, so the validation part does not mirror the test split.
+    return _shuffled_split(n, np.random.default_rng([int(seed), 1]), VALIDATION_FRACTION, "validation")
 
 
 def _plain(value):
@@ -453,7 +484,8 @@ def train_final(
     validation MAE has not improved for ``early_stopping_rounds`` rounds.
     ``params`` are XGBoost parameters (a search's ``best_params``); an
     ``n_estimators`` among them is ignored, early stopping decides.
-    Deterministic: the same inputs and seed give a byte-identical model.
+    Deterministic: the same inputs and seed give a byte-identical model, the
+    one a search with ``cv=0`` fitted for these parameters.
     """
     X_train, y_train = _check_xy(X_train, y_train)
     seed = _check_seed(seed)
@@ -461,46 +493,57 @@ def train_final(
         raise InputError(f"Early stopping needs at least one round of patience, not {early_stopping_rounds}.")
     if max_rounds < 1:
         raise InputError(f"The final fit needs at least one boosting round, not {max_rounds}.")
-    # A stream of its own, so the validation part does not mirror the test split.
-    rng = np.random.default_rng([int(seed), 1])
-    fit_idx, validation_idx = _shuffled_split(len(y_train), rng, validation_fraction, "validation")
+    if validation_fraction == VALIDATION_FRACTION:
+        fit_idx, validation_idx = _validation_split(len(y_train), seed)
+    else:
+        rng = np.random.default_rng([int(seed), 1])
+        fit_idx, validation_idx = _shuffled_split(len(y_train), rng, validation_fraction, "validation")
+    part = _part(X_train, y_train, fit_idx, validation_idx, n_jobs)
     params = {k: v for k, v in params.items() if k != "n_estimators"}
-    model = _regressor(
-        params,
-        n_estimators=int(max_rounds),
-        seed=seed,
-        n_jobs=n_jobs,
-        early_stopping_rounds=int(early_stopping_rounds),
-        eval_metric=_EVAL_METRICS,
+    return _fit(part, params, seed, curve=True, early_stopping_rounds=early_stopping_rounds,
+                max_rounds=max_rounds, n_jobs=n_jobs)[2]
+
+
+def _part(X, y, fit_rows, held_rows, n_jobs: int = 1) -> tuple:
+    """(fit DMatrix, held-out DMatrix, fit rows, held-out rows): one scoring part, built once per search."""
+    return (xgb.DMatrix(X[fit_rows], label=y[fit_rows], nthread=n_jobs),
+            xgb.DMatrix(X[held_rows], label=y[held_rows], nthread=n_jobs), fit_rows, held_rows)
+
+
+def _fit(part, params: dict, seed: int, curve: bool, early_stopping_rounds: int = EARLY_STOPPING_ROUNDS,
+         max_rounds: int = MAX_ROUNDS, n_jobs: int = 1) -> tuple[float, int, Optional["FinalModel"]]:
+    """One boosted fit of a part, stopping early on its held-out rows: (held-out MAE, trees kept, model).
+
+    With ``curve`` the learning curve on both sides is recorded and the model
+    is returned as a :class:`FinalModel`; without, only the held-out MAE is
+    evaluated (cross-validation folds) and the model is None.
+    """
+    fit, held, fit_rows, held_rows = part
+    history: dict = {}
+    evals = [(fit, "train"), (held, "validation")] if curve else [(held, "validation")]
+    booster = xgb.train(
+        {**_FIXED_PARAMS, **params, "seed": int(seed), "nthread": int(n_jobs),
+         "eval_metric": _EVAL_METRICS if curve else "mae"},
+        fit, num_boost_round=int(max_rounds), evals=evals, evals_result=history,
+        early_stopping_rounds=int(early_stopping_rounds), verbose_eval=False,
     )
-    X_fit, y_fit = X_train[fit_idx], y_train[fit_idx]
-    model.fit(
-        X_fit, y_fit, eval_set=[(X_fit, y_fit), (X_train[validation_idx], y_train[validation_idx])], verbose=False
-    )
-    history = model.evals_result()
-    curve = {
-        "train": {m: [float(v) for v in history["validation_0"][m]] for m in _EVAL_METRICS},
-        "validation": {m: [float(v) for v in history["validation_1"][m]] for m in _EVAL_METRICS},
-    }
-    best_iteration = int(model.best_iteration)
+    best_iteration = int(booster.best_iteration)
+    mae = float(history["validation"]["mae"][best_iteration])
+    if not curve:
+        return mae, best_iteration + 1, None
     # Keep the best model only: its JSON, its predictions and its SHAP values
     # then all describe the same trees, whoever loads it.
-    best = model_from_json(_booster_json(model.get_booster()[: best_iteration + 1]))
-    hyperparameters = {
-        **_FIXED_PARAMS,
-        **params,
-        "n_estimators": best_iteration + 1,
-        "random_state": int(seed),
-    }
-    return FinalModel(
-        model=best,
+    final = FinalModel(
+        model=model_from_json(_booster_json(booster[: best_iteration + 1])),
         best_iteration=best_iteration,
-        n_rounds_run=len(curve["validation"]["mae"]),
-        learning_curve=curve,
-        fit_idx=fit_idx,
-        validation_idx=validation_idx,
-        hyperparameters=hyperparameters,
+        n_rounds_run=len(history["validation"]["mae"]),
+        learning_curve={side: {m: [float(v) for v in history[side][m]] for m in _EVAL_METRICS}
+                        for side in ("train", "validation")},
+        fit_idx=fit_rows,
+        validation_idx=held_rows,
+        hyperparameters={**_FIXED_PARAMS, **params, "n_estimators": best_iteration + 1, "random_state": int(seed)},
     )
+    return mae, best_iteration + 1, final
 
 
 def evaluate(model: xgb.XGBRegressor, X_test: np.ndarray, y_test: np.ndarray) -> dict:
@@ -594,9 +637,10 @@ def train_surrogate(
     quality; every Rwp must be finite (leave failed fits out). Refuses fewer
     than :data:`MIN_MOTIFS` motifs and a constant Rwp (nothing to learn).
     ``on_trial``, ``on_trial_done``, ``patience`` and ``tolerance`` are passed
-    to :func:`search_hyperparameters`; ``n_jobs`` folds are fitted side by
-    side there (default: one per core; the model does not depend on it).
-    The final model trains on one thread, which keeps it byte-identical.
+    to :func:`search_hyperparameters`; ``n_jobs`` fits run side by side
+    there (default: one per core; the model does not depend on it). Every
+    fit trains on one thread, which keeps it byte-identical; after a search
+    scored on the validation part the chosen trial's fit is the final model.
     """
     masks = _as_masks(masks)
     rwp = np.asarray(rwp, dtype=np.float64)
@@ -610,7 +654,7 @@ def train_surrogate(
         on_trial=on_trial, space=space, n_jobs=n_jobs or os.cpu_count() or 1, patience=patience,
         tolerance=tolerance, on_trial_done=on_trial_done,
     )
-    final = train_final(X[train_idx], rwp[train_idx], search.best_params, seed)
+    final = search.final or train_final(X[train_idx], rwp[train_idx], search.best_params, seed)
     y_pred_test = final.model.predict(X[test_idx]).astype(np.float64)
     return SurrogateResult(
         model=final.model,

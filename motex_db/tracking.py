@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
+import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
@@ -335,13 +336,22 @@ class Tracker:
         with self.logging():
             self.client.log_batch(run_id, metrics=metric_rows, params=param_rows, tags=tag_rows)
 
-    def log_series(self, run_id: str, curves: dict[str, list[float]]) -> None:
-        """Log whole metric histories (one value per step), in batches MLflow accepts."""
+    def log_series(self, run_id: str, curves: dict[str, list[float]], max_points: int = 300) -> None:
+        """Log metric histories (one value per step) as MLflow metric charts, in batches MLflow accepts.
+
+        A history longer than ``max_points`` is logged at that many evenly
+        spread steps, the first and last included (each at its own step):
+        enough for a chart, where every point of a 3000-round learning curve
+        cost about a second of logging. Callers log whole curves as files.
+        """
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        rows = [Metric(name, float(v), now, step) for name, values in curves.items()
-                for step, v in enumerate(values) if _finite(v)]
+        rows = []
+        for name, values in curves.items():
+            steps = range(len(values)) if len(values) <= max_points else \
+                np.unique(np.linspace(0, len(values) - 1, max_points).round().astype(int))
+            rows += [Metric(name, float(values[step]), now, int(step)) for step in steps if _finite(values[step])]
         with self.logging():
             for start in range(0, len(rows), 900):
                 self.client.log_batch(run_id, metrics=rows[start:start + 900])

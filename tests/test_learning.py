@@ -227,7 +227,8 @@ def test_every_fold_stops_early_and_records_its_tree_count(catalogue):
     for trial in result.trials:
         assert 1 <= trial.n_rounds <= learning.MAX_ROUNDS
         assert trial.started <= trial.finished
-        assert trial.cost == trial.n_rounds * 2 ** trial.params["max_depth"]
+        depth = trial.params["max_depth"]
+        assert trial.cost == trial.n_rounds * 2**depth * depth**2  # TreeSHAP's work: trees x leaves x depth^2
         assert "n_estimators" not in trial.params  # the tree count is not searched
 
 
@@ -243,6 +244,25 @@ def test_the_search_stops_once_it_stops_improving(catalogue):
     # patience counts Bayesian trials after the last real improvement
     last = stopped.trials[-1]
     assert last.cv_mae >= min(t.cv_mae for t in stopped.trials[:-1]) * (1 - learning.MIN_IMPROVEMENT)
+
+
+def test_scored_on_the_validation_part_the_chosen_trial_is_the_final_model(catalogue):
+    masks, rwp = catalogue
+    X, y = learning.features(masks[:400]), rwp[:400]
+    search = learning.search_hyperparameters(X, y, seed=3, n_iter=2, cv=0, n_jobs=2)
+    assert search.final is not None and len(search.trials) == 4 + 2
+    refit = learning.train_final(X, y, search.best_params, seed=3)
+    assert learning.model_to_json(search.final.model) == learning.model_to_json(refit.model)
+    assert search.final.learning_curve == refit.learning_curve
+    assert search.best_cv_mae == pytest.approx(refit.learning_curve["validation"]["mae"][refit.best_iteration])
+    # trials are proposed two at a time and fitted on one thread each: the core count changes nothing
+    alone = learning.search_hyperparameters(X, y, seed=3, n_iter=2, cv=0, n_jobs=1)
+    assert [t.params for t in alone.trials] == [t.params for t in search.trials]
+    assert [t.cv_mae for t in alone.trials] == [t.cv_mae for t in search.trials]
+    # cross-validation scores k fits per trial and leaves the final fit to train_final
+    assert learning.search_hyperparameters(X, y, seed=3, n_iter=0, cv=2).final is None
+    with pytest.raises(InputError, match="validation part"):
+        learning.search_hyperparameters(X, y, seed=3, n_iter=0, cv=1)
 
 
 def _trial(index, cv_mae, rounds, depth):
