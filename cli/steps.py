@@ -280,6 +280,7 @@ def explain(
     min_confidence: Optional[float] = typer.Option(None, "--min-confidence", help="Extract only atoms at least this confident."),
     mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help=MLFLOW_HELP),
     shap_motifs: Optional[int] = typer.Option(None, "--shap-motifs", help="Training motifs explained (a seeded subset; 0: all). Default 2000, and 500 per frame with --series."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="With --series: local processes explaining frames (default: one per core)."),
 ) -> None:
     """Step 4: each atom's contribution to the fit quality (SHAP), and the extracted motif, fitted."""
     import tempfile
@@ -289,9 +290,13 @@ def explain(
     from motex_db.reports.explanation import write_explanation_files
 
     _data_or_series(data, series)
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers must be 1 or more, not {workers}.")
+    if workers is not None and series is None:
+        raise InputError("--workers splits the frames of a series: use it with --series.")
     engine = engine_of(ctx)
     if series is not None:
-        _explain_series(engine, structure, series, model, out, min_confidence, mlflow_uri, shap_motifs)
+        _explain_series(engine, structure, series, model, out, min_confidence, mlflow_uri, shap_motifs, workers)
         return
     if shap_motifs is not None and shap_motifs < 0:
         raise InputError(f"--shap-motifs must be 0 (all) or more, not {shap_motifs}.")
@@ -309,7 +314,7 @@ def explain(
         contributions_per_environment(engine, structure, table["atom_index"], table["contribution"]))
 
 
-def _explain_series(engine, structure, series, model, out, min_confidence, mlflow_uri, shap_motifs) -> None:
+def _explain_series(engine, structure, series, model, out, min_confidence, mlflow_uri, shap_motifs, workers) -> None:
     import tempfile
 
     from motex_db.explain import explain_series, log_series_explanation
@@ -324,7 +329,7 @@ def _explain_series(engine, structure, series, model, out, min_confidence, mlflo
     if shap_motifs < 0:
         raise InputError(f"--shap-motifs must be 0 (all) or more, not {shap_motifs}.")
     with output.series_progress("explaining frames") as (_, on_frame):
-        outcome = explain_series(engine, structure, series, min_confidence, on_frame, shap_motifs)
+        outcome = explain_series(engine, structure, series, min_confidence, on_frame, shap_motifs, workers)
     with tempfile.TemporaryDirectory() as scratch:
         files = write_series_explanation_files(outcome, out or Path(scratch))
         log_series_explanation(engine.url.render_as_string(hide_password=False), outcome, files, mlflow_uri)

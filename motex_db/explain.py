@@ -14,6 +14,7 @@ Lundberg et al., Nat. Mach. Intell. 2, 56 (2020) (TreeSHAP).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -319,6 +320,7 @@ def explain_series(
     min_confidence: Optional[float] = None,
     on_frame=lambda done, total: None,
     shap_motifs: Optional[int] = SERIES_SHAP_MOTIFS,
+    workers: Optional[int] = None,
 ) -> SeriesExplainOutcome:
     """SHAP contributions for the latest model of every frame of a series (from ``train --series``).
 
@@ -344,78 +346,40 @@ def explain_series(
     from sqlmodel import Session, select
 
     from motex_db.catalogue import _insert_motifs, mask_to_text
-    from motex_db.datasets import get_series_frames
     from motex_db.db import transaction
     from motex_db.fitting.settings import FitSettings
     from motex_db.fitting.work import fit_motifs_now, prepare_series_fit
-    from motex_db.learning import EXTRACTED_SAMPLER_PREFIX, POLL_SECONDS, claim, holding
-    from motex_db.models import AtomContribution, FitConfig, FitResult, Motif, TrainedModel
-    from motex_db.structures import get_starting_model, permutable_flags
+    from motex_db.learning import EXTRACTED_SAMPLER_PREFIX
+    from motex_db.models import FitResult, Motif, TrainedModel
+    from motex_db.structures import permutable_flags
 
-    with Session(engine) as session:
-        model = get_starting_model(session, structure)
-        frames = get_series_frames(session, series)
-        trained = {}
-        for frame in frames:
-            row = session.exec(
-                select(TrainedModel)
-                .where(TrainedModel.starting_model_id == model.id)
-                .where(TrainedModel.dataset_id == frame.id)
-                .where(TrainedModel.series == series)
-                .order_by(TrainedModel.id.desc())
-            ).first()
-            if row is None:
-                raise InputError(
-                    f"frame '{frame.name}' has no model of series '{series}': "
-                    f"run motex-db train --structure {structure} --series {series} first."
-                )
-            trained[frame.id] = row
-        config_ids = {row.fit_config_id for row in trained.values()}
-        if len(config_ids) > 1:
-            raise InputError(
-                f"the frames' latest models of series '{series}' come from different fit configs "
-                f"({', '.join(map(str, sorted(config_ids)))}): run motex-db train --series {series} again."
-            )
-        config = session.get(FitConfig, config_ids.pop())
-        stored: dict[int, list] = {}
-        for row in session.exec(
-            select(AtomContribution)
-            .where(AtomContribution.trained_model_id.in_([t.id for t in trained.values()]))
-            .order_by(AtomContribution.trained_model_id, AtomContribution.atom_index)
-        ).all():
-            stored.setdefault(row.trained_model_id, []).append(row)
+    model, frames, trained, config, stored = _series_models(engine, structure, series)
     flags = permutable_flags(model.elements, model.permutable_elements)
     perm_elements = [e for e, f in zip(model.elements, flags) if f]
-    from motex_db.processes import worker_identity
+    left = sum(trained[f.id].id not in stored for f in frames)
+    cores = os.cpu_count() or 1
+    n_workers = workers if workers is not None else (min(cores, left) if left >= 4 else 1)
+    shap_threads = max(1, cores // max(1, n_workers))
+    helpers = []
+    if n_workers > 1:
+        import multiprocessing as mp
 
-    worker = worker_identity()
-    created: set = set()
-    # Each frame is explained under its claim and committed alone: processes on one record
-    # (on one machine or many) split the frames, and a killed one loses only its current frame.
-    while True:
-        left = [f for f in frames if trained[f.id].id not in stored]
-        on_frame(len(frames) - len(left), len(frames))
-        if not left:
-            break
-        progressed = False
-        for frame in left:
-            row = trained[frame.id]
-            key = f"explain:{row.id}"
-            if not claim(engine, key, worker):
-                continue
-            with holding(engine, key, worker):
-                if _stored_contributions(engine, row.id) is None:
-                    _explain_frame(engine, row, model.n_permutable, perm_elements, shap_motifs)
-                    created.add(frame.id)
-            stored[row.id] = _stored_contributions(engine, row.id)
-            progressed = True
-            on_frame(len(frames) - len(left) + 1, len(frames))
-        if not progressed:
-            time.sleep(POLL_SECONDS)
-            for frame in left:  # stored by another process meanwhile
-                found = _stored_contributions(engine, trained[frame.id].id)
-                if found is not None:
-                    stored[trained[frame.id].id] = found
+        context = mp.get_context("spawn")
+        url = engine.url.render_as_string(hide_password=False)
+        helpers = [context.Process(target=_explain_frames_worker,
+                                   args=(url, structure, series, shap_motifs, k, shap_threads, os.getpid()),
+                                   daemon=True)
+                   for k in range(1, n_workers)]
+        for process in helpers:
+            process.start()
+    try:
+        created = _explain_frames(engine, frames, trained, stored, model.n_permutable, perm_elements, shap_motifs,
+                                  on_frame, 0, shap_threads)
+    finally:
+        for process in helpers:
+            process.join(timeout=60)
+            if process.is_alive():
+                process.kill()
     found_by_frame = {}
     for frame in frames:
         rows = stored[trained[frame.id].id]
@@ -489,7 +453,112 @@ def explain_series(
     )
 
 
-def _explain_frame(engine, row, n_permutable: int, perm_elements: list, shap_motifs: Optional[int]) -> None:
+def _series_models(engine, structure: str, series: str) -> tuple:
+    """(starting model, frames, latest model per frame id, fit config, stored contributions per model id)."""
+    from sqlmodel import Session, select
+
+    from motex_db.datasets import get_series_frames
+    from motex_db.models import AtomContribution, FitConfig, TrainedModel
+    from motex_db.structures import get_starting_model
+
+    with Session(engine) as session:
+        model = get_starting_model(session, structure)
+        frames = get_series_frames(session, series)
+        trained = {}
+        for frame in frames:
+            row = session.exec(
+                select(TrainedModel)
+                .where(TrainedModel.starting_model_id == model.id)
+                .where(TrainedModel.dataset_id == frame.id)
+                .where(TrainedModel.series == series)
+                .order_by(TrainedModel.id.desc())
+            ).first()
+            if row is None:
+                raise InputError(
+                    f"frame '{frame.name}' has no model of series '{series}': "
+                    f"run motex-db train --structure {structure} --series {series} first."
+                )
+            trained[frame.id] = row
+        config_ids = {row.fit_config_id for row in trained.values()}
+        if len(config_ids) > 1:
+            raise InputError(
+                f"the frames' latest models of series '{series}' come from different fit configs "
+                f"({', '.join(map(str, sorted(config_ids)))}): run motex-db train --series {series} again."
+            )
+        config = session.get(FitConfig, config_ids.pop())
+        stored: dict[int, list] = {}
+        for row in session.exec(
+            select(AtomContribution)
+            .where(AtomContribution.trained_model_id.in_([t.id for t in trained.values()]))
+            .order_by(AtomContribution.trained_model_id, AtomContribution.atom_index)
+        ).all():
+            stored.setdefault(row.trained_model_id, []).append(row)
+    return model, frames, trained, config, stored
+
+
+def _explain_frames(engine, frames, trained: dict, stored: dict, n_permutable: int, perm_elements: list,
+                    shap_motifs: Optional[int], on_frame, offset: int = 0, shap_threads: Optional[int] = None) -> set:
+    """Explain every frame not stored yet, each under its claim, until all are stored; the frame ids done here.
+
+    ``stored`` (contributions per model id) is filled in as frames are
+    stored, here or by other processes. ``offset`` rotates where this
+    process starts, so that processes started together take different frames.
+    """
+    from motex_db.learning import POLL_SECONDS, claim, holding
+    from motex_db.processes import worker_identity
+
+    worker = worker_identity()
+    created: set = set()
+    # Each frame is explained under its claim and committed alone: processes on one record
+    # (on one machine or many) split the frames, and a killed one loses only its current frame.
+    while True:
+        left = [f for f in frames if trained[f.id].id not in stored]
+        on_frame(len(frames) - len(left), len(frames))
+        if not left:
+            break
+        progressed = False
+        for frame in left[offset % len(left):] + left[:offset % len(left)]:
+            row = trained[frame.id]
+            key = f"explain:{row.id}"
+            if not claim(engine, key, worker):
+                continue
+            with holding(engine, key, worker):
+                if _stored_contributions(engine, row.id) is None:
+                    _explain_frame(engine, row, n_permutable, perm_elements, shap_motifs, shap_threads)
+                    created.add(frame.id)
+            stored[row.id] = _stored_contributions(engine, row.id)
+            progressed = True
+            on_frame(len(frames) - len(left) + 1, len(frames))
+        if not progressed:
+            time.sleep(POLL_SECONDS)
+            for frame in left:  # stored by another process meanwhile
+                found = _stored_contributions(engine, trained[frame.id].id)
+                if found is not None:
+                    stored[trained[frame.id].id] = found
+    return created
+
+
+def _explain_frames_worker(url: str, structure: str, series: str, shap_motifs: Optional[int], offset: int,
+                           shap_threads: int, parent_pid: int) -> None:
+    """A helper process of :func:`explain_series`: explains frames by their claims until all are stored."""
+    from motex_db.db import open_engine
+    from motex_db.processes import die_with_parent
+    from motex_db.structures import permutable_flags
+
+    die_with_parent(parent_pid)
+    engine = open_engine(url)
+    try:
+        model, frames, trained, _, stored = _series_models(engine, structure, series)
+        flags = permutable_flags(model.elements, model.permutable_elements)
+        perm_elements = [e for e, f in zip(model.elements, flags) if f]
+        _explain_frames(engine, frames, trained, stored, model.n_permutable, perm_elements, shap_motifs,
+                        lambda done, total: None, offset, shap_threads)
+    finally:
+        engine.dispose()
+
+
+def _explain_frame(engine, row, n_permutable: int, perm_elements: list, shap_motifs: Optional[int],
+                   shap_threads: Optional[int] = None) -> None:
     """One frame's contributions (no convergence models), committed in one transaction."""
     from sqlmodel import Session
 
@@ -500,7 +569,7 @@ def _explain_frame(engine, row, n_permutable: int, perm_elements: list, shap_mot
     with Session(engine) as session:
         X_train = _training_set(session, row, n_permutable).X_train
     X_train = X_train[shap_rows(len(X_train), row.seed, shap_motifs)]
-    found = atom_contributions(shap_values(model_from_json(row.model), X_train), X_train)
+    found = atom_contributions(shap_values(model_from_json(row.model), X_train, n_jobs=shap_threads), X_train)
     with transaction(engine) as session:
         session.add_all([
             AtomContribution(trained_model_id=row.id, atom_index=int(i), element=e, contribution=float(c),

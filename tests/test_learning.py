@@ -282,3 +282,14 @@ def test_training_records_how_the_search_went(trained):
     assert trained.lowest_cv_mae <= trained.best_cv_mae <= trained.lowest_cv_mae * (1 + learning.COST_TOLERANCE)
     assert trained.best_iteration + 1 <= learning.MAX_ROUNDS
     assert all(json.dumps(t.as_dict()) for t in trained.trials)
+
+
+def test_a_fit_without_its_training_side_curve_is_the_same_model(catalogue):
+    masks, rwp = catalogue
+    X, y = learning.features(masks[:400]), rwp[:400]
+    params = {"learning_rate": 0.3, "max_depth": 3, "min_child_weight": 2.0, "subsample": 0.9}
+    whole = learning.train_final(X, y, params, seed=1)
+    lean = learning.train_final(X, y, params, seed=1, train_curve=False)
+    assert learning.model_to_json(lean.model) == learning.model_to_json(whole.model)
+    assert set(lean.learning_curve) == {"validation"} and set(whole.learning_curve) == {"train", "validation"}
+    assert lean.learning_curve["validation"] == whole.learning_curve["validation"]
