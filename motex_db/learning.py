@@ -53,7 +53,7 @@ from motex_db.surrogate import (
 
 # bump when the same inputs would give another model
 LEARNING_VERSION = "motex-learning 3"  # 2: early stopping in the CV folds, search stopping, tree budget;
-# 3: trials scored on the validation part, two at a time, 3000-round budget
+# 3: trials scored on the validation part, four at a time, 3000-round budget
 EXTRACTED_SAMPLER_PREFIX = "extracted"
 # A claim's lease: its holder renews it every third of this while it works, so
 # only a holder that died (or lost the database) lets it run out. A holder on

@@ -90,8 +90,11 @@ N_INITIAL = 4  # random starts before the Gaussian process takes over
 CV_FOLDS = 0
 # Candidates proposed together (scikit-optimize's constant liar) and trained
 # side by side, one thread each. Fixed, not the core count, so that the
-# trials and the chosen model do not depend on the machine.
-TRIALS_PER_ASK = 2
+# trials and the chosen model do not depend on the machine. Four rather than
+# two: trials stop early after very different numbers of rounds, and with
+# four fits shared between two cores one long fit leaves a core idle less
+# (the 72-W search took 31 s instead of 40, docs/learning.md).
+TRIALS_PER_ASK = 4
 # The search stops after this many trials in a row that lower the best score
 # by less than MIN_IMPROVEMENT (relative), counted after the random starts.
 # Measured on the 48-W and Keggin catalogues (docs/learning.md): the chosen
