@@ -163,18 +163,22 @@ def trial_progress(total: int):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     progress = Progress(
-        TextColumn("search"), BarColumn(), MofNCompleteColumn(), TextColumn("best CV MAE {task.fields[best]:.4f}"),
+        TextColumn("search"), BarColumn(), MofNCompleteColumn(), TextColumn("best search MAE {task.fields[best]:.4f}"),
         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=error_console,
     )
     task = progress.add_task("search", total=total, best=float("nan"))
     best = [float("inf")]
+    done = [0]
 
     def update(index: int, params: dict, cv_mae: float) -> None:
         best[0] = min(best[0], cv_mae)
+        done[0] = index + 1
         progress.update(task, completed=index + 1, best=best[0])
 
     with progress:
         yield update
+        if done[0]:  # a search that stopped when it stopped improving is complete, not cut short
+            progress.update(task, total=done[0], completed=done[0])
 
 
 @contextmanager
@@ -222,7 +226,7 @@ def print_series_train_outcome(outcome, ui: str | None) -> None:
         console.print(f"the fits have not changed since the frame models of {where}: reusing them.")
     hyper = outcome.hyperparameters
     shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in hyper.items())
-    cv = f"; best CV MAE {outcome.best_cv_mae:.4f}" if outcome.best_cv_mae is not None else ""
+    cv = f"; best search MAE {outcome.best_cv_mae:.4f}" if outcome.best_cv_mae is not None else ""
     console.print(f"one search on frame '{outcome.reference}': {shown}{cv}")
     print_frame(frames[["frame", "time", "trained_model_id", "n_motifs", "test_mae", "test_r2"]], title="models per frame")
     if outcome.mlflow_run_id:
@@ -260,7 +264,7 @@ def print_train_outcome(outcome, ui: str | None) -> None:
         console.print(f"the fits have not changed since model {outcome.trained_model_id} on {where}: reusing it.")
     console.print(
         f"test set: MAE {metrics['mae']:.4f}, RMSE {metrics['rmse']:.4f}, R² {metrics['r2']:.3f} (Rwp units); "
-        f"best CV MAE {metrics.get('best_cv_mae', float('nan')):.4f}"
+        f"best search MAE {metrics.get('best_cv_mae', float('nan')):.4f}"
     )
     hyper = outcome.hyperparameters
     shown = ", ".join(f"{k}={hyper[k]:.3g}" if isinstance(hyper[k], float) else f"{k}={hyper[k]}"

@@ -233,7 +233,7 @@ def train(
     cv: int = typer.Option(0, "--cv", help="How each trial is scored: 0 on the validation part of the training motifs (its fit is the final model if chosen), K >= 2 by K-fold cross-validation."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, the search and the model."),
     mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help=MLFLOW_HELP),
-    full_search: bool = typer.Option(False, "--full-search", help="Run all --n-iter iterations and take the lowest CV MAE (ML-MotEx's exhaustive search) instead of stopping when the search stops improving."),
+    full_search: bool = typer.Option(False, "--full-search", help="Run all --n-iter iterations and take the lowest search MAE (ML-MotEx's exhaustive search) instead of stopping when the search stops improving."),
     workers: Optional[int] = typer.Option(None, "--workers", help="With --series: local processes training frames (default: one per core)."),
 ) -> None:
     """Step 3: learn Rwp from atom presence (XGBoost, Bayesian hyper-parameter search), tracked in MLflow."""

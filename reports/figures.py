@@ -162,7 +162,7 @@ def _params_text(params: dict) -> str:
 
 
 def search_trials(training_log: dict) -> go.Figure:
-    """Cross-validated MAE of each hyper-parameter trial, and the best so far."""
+    """The search MAE (validation part or CV folds) of each hyper-parameter trial, and the best so far."""
     trials = sorted((training_log or {}).get("trials") or [], key=lambda t: t["index"])
     fig = go.Figure()
     if trials:
@@ -174,10 +174,10 @@ def search_trials(training_log: dict) -> go.Figure:
             if chosen.any():
                 fig.add_scatter(x=index[chosen], y=score[chosen], mode="markers", name=name, text=np.array(text)[chosen],
                                 marker=dict(size=8, color=colour),
-                                hovertemplate="trial %{x}: CV MAE %{y:.4f}<br>%{text}<extra></extra>")
+                                hovertemplate="trial %{x}: search MAE %{y:.4f}<br>%{text}<extra></extra>")
         fig.add_scatter(x=index, y=np.minimum.accumulate(score), mode="lines", name="best so far",
                         line=dict(color="#444", shape="hv", width=1.5), hoverinfo="skip")
-    fig = base_layout(fig, f"Hyper-parameter search: {len(trials)} trials", "trial", "cross-validated MAE (Rwp)")
+    fig = base_layout(fig, f"Hyper-parameter search: {len(trials)} trials", "trial", "search MAE (Rwp)")
     fig.update_xaxes(dtick=max(1, len(trials) // 10) if trials else None)
     return fig
 

@@ -192,7 +192,8 @@ _CAPTIONS = {
             "validation motifs held out from them (orange). Boosting stops 50 rounds after the validation error "
             "stops improving; the dotted line marks the round kept. A wide gap between the curves means the trees "
             "learn the fitted motifs' noise.",
-    "trials": "Each point is one hyper-parameter trial, scored by k-fold cross-validated MAE on the training motifs: "
+    "trials": "Each point is one hyper-parameter trial, scored by its MAE on the validation part of the training "
+              "motifs (or by k-fold cross-validation with train --cv K): "
               "grey, the random starts; blue, trials chosen by Bayesian optimisation; the line, the best so far. "
               "Hover for each trial's parameters.",
 }
