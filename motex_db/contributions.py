@@ -35,7 +35,6 @@ __all__ = [
     "SHAP_MOTIFS",
     "shap_rows",
     "contribution_convergence",
-    "explain_with_convergence",
 ]
 
 # Confidences are capped here. It matters only when an atom's SHAP values do
@@ -232,51 +231,22 @@ def contribution_convergence(
     many atoms changed sign: when signs still change, sampling more motifs
     will sharpen the answer.
     """
-    return _side_by_side(masks, rwp, hyperparameters, seed, shap_motifs, contribution)[2]
-
-
-def explain_with_convergence(
-    model, X: np.ndarray, masks: np.ndarray, rwp: np.ndarray, hyperparameters: dict, seed: int,
-    shap_motifs: Optional[int] = SHAP_MOTIFS,
-) -> tuple[np.ndarray, AtomContributions, dict[str, dict]]:
-    """Step 4 whole: SHAP values of ``model`` on the explained motifs ``X``, their contributions, and
-    :func:`contribution_convergence`, the three explanations computed side by side.
-
-    Returns (SHAP values, contributions, convergence). The same numbers as
-    :func:`shap_values`, :func:`atom_contributions` and
-    :func:`contribution_convergence` one after the other; the two convergence
-    models train on one thread each while the model itself is explained.
-    """
-    return _side_by_side(masks, rwp, hyperparameters, seed, shap_motifs, None, model, X)
-
-
-def _side_by_side(masks, rwp, hyperparameters, seed, shap_motifs, contribution, model=None, X=None):
-    """(SHAP values, contributions, convergence); the first two None without a model. One thread per explanation."""
     from motex_db.surrogate import SearchSpace, features, split, train_final
 
     params = {k: v for k, v in hyperparameters.items() if k in SearchSpace().names()}
+    cores = os.cpu_count() or 1
 
-    def part(fraction: float) -> tuple[int, np.ndarray]:
+    def part(fraction: float) -> dict:
         n = int(len(rwp) * fraction)
         train_idx, _ = split(n, seed)
-        X_part = features(masks[:n])[train_idx]
-        part_model = train_final(X_part, rwp[:n][train_idx], params, seed).model
-        X_part = X_part[shap_rows(len(X_part), seed, shap_motifs)]
-        return n, atom_contributions(shap_values(part_model, X_part, n_jobs=1), X_part).contribution
+        X = features(masks[:n])[train_idx]
+        model = train_final(X, rwp[:n][train_idx], params, seed).model
+        X = X[shap_rows(len(X), seed, shap_motifs)]
+        found = atom_contributions(shap_values(model, X, n_jobs=max(1, cores // 2)), X).contribution
+        return {"n_motifs": n, "contribution": found,
+                "sign_changes": int(np.sum(np.sign(found) != np.sign(contribution)))}
 
-    # Each task runs on one thread: the two convergence models (training,
-    # then TreeSHAP) and, when given, the model itself. They take unequal
-    # times, so three threads keep two cores busier than two in a row.
-    with ThreadPoolExecutor(max_workers=len(CONVERGENCE_FRACTIONS) + 1) as pool:
-        parts = [pool.submit(part, fraction) for fraction in CONVERGENCE_FRACTIONS.values()]
-        values = found = None
-        if model is not None:
-            values = shap_values(model, X, n_jobs=1)
-            found = atom_contributions(values, X)
-            contribution = found.contribution
-        convergence = {}
-        for name, future in zip(CONVERGENCE_FRACTIONS, parts):
-            n, part_contribution = future.result()
-            convergence[name] = {"n_motifs": n, "contribution": part_contribution,
-                                 "sign_changes": int(np.sum(np.sign(part_contribution) != np.sign(contribution)))}
-    return values, found, convergence
+    # The two models are independent and each trains on one thread: side by side.
+    with ThreadPoolExecutor(max_workers=min(len(CONVERGENCE_FRACTIONS), cores)) as pool:
+        parts = list(pool.map(part, CONVERGENCE_FRACTIONS.values()))
+    return dict(zip(CONVERGENCE_FRACTIONS, parts))

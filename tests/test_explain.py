@@ -130,20 +130,3 @@ def test_shap_rows_are_a_seeded_subset_of_the_training_motifs():
     assert not np.array_equal(rows, shap_rows(5000, seed=4, shap_motifs=2000))
     np.testing.assert_array_equal(shap_rows(800, seed=3, shap_motifs=2000), np.arange(800))  # fewer: all
     np.testing.assert_array_equal(shap_rows(800, seed=3, shap_motifs=0), np.arange(800))  # 0: all
-
-
-def test_explaining_with_the_convergence_check_side_by_side_gives_the_sequential_numbers(explained):
-    result, X, values, atoms = explained
-    masks = X[:, 1:].astype(bool)
-    rwp = result.model.predict(X) + 0.001 * np.sin(np.arange(len(X)))  # any targets: the check retrains on them
-    side_values, side_atoms, side_parts = explain.explain_with_convergence(
-        result.model, X, masks, rwp, result.hyperparameters, 0, shap_motifs=300)
-    np.testing.assert_array_equal(side_values, values)
-    np.testing.assert_array_equal(side_atoms.contribution, atoms.contribution)
-    parts = explain.contribution_convergence(masks, rwp, result.hyperparameters, 0, atoms.contribution, shap_motifs=300)
-    assert set(side_parts) == set(parts) == {"half", "three_quarters"}
-    for name, part in parts.items():
-        assert side_parts[name]["n_motifs"] == part["n_motifs"] == int(len(rwp) * explain.CONVERGENCE_FRACTIONS[name])
-        np.testing.assert_array_equal(side_parts[name]["contribution"], part["contribution"])
-        assert side_parts[name]["sign_changes"] == part["sign_changes"]
-        assert part["sign_changes"] == int(np.sum(np.sign(part["contribution"]) != np.sign(atoms.contribution)))
