@@ -14,7 +14,7 @@ from importlib.metadata import version
 
 import pytest
 
-from support import motex_executable, snapshot
+from support import motex_executable, query, snapshot
 
 
 def assert_usage_error(result, sentence: str, usage: str = "Usage: motex-db") -> None:
@@ -113,7 +113,7 @@ def test_ctrl_c_during_a_parallel_fit_is_one_line_too(tmp_path):
 
     url = run_demo(tmp_path / "demo", url=f"sqlite:///{tmp_path / 'demo' / 'motex.db'}", through="data")
     engine = open_engine(url)
-    sample_motifs(engine, STRUCTURE_NAME, 2000, seed=1)
+    sample_motifs(engine, STRUCTURE_NAME, 50_000, seed=1)
     engine.dispose()
     process = subprocess.Popen(
         [motex_executable(), "--db", url, "fit", "--structure", STRUCTURE_NAME, "--data", DATASET_NAME,
@@ -122,7 +122,11 @@ def test_ctrl_c_during_a_parallel_fit_is_one_line_too(tmp_path):
         start_new_session=True,
     )
     try:
-        time.sleep(10)  # the workers are started and fitting (2,000 mlmotex fits of 130 atoms take minutes)
+        # the workers are started and fitting once results land (50,000 mlmotex fits take minutes)
+        deadline = time.monotonic() + 120
+        while query(url, "SELECT count(*) FROM fit_result")[0][0] < 100 and time.monotonic() < deadline:
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.2)
         assert process.poll() is None, process.communicate()
         os.killpg(process.pid, signal.SIGINT)
         stdout, stderr = process.communicate(timeout=60)
