@@ -238,9 +238,10 @@ def train(
 ) -> None:
     """Step 3: learn Rwp from atom presence (XGBoost, Bayesian hyper-parameter search), tracked in MLflow."""
     from motex_db.cli.ui import runs_hint
-    from motex_db.learning import N_INITIAL, train_model, train_series
+    from motex_db.learning import N_INITIAL, check_search_options, train_model, train_series
 
     _data_or_series(data, series)
+    check_search_options(n_iter, cv)  # before a progress bar is drawn
     engine = engine_of(ctx)
     if workers is not None and workers < 1:
         raise InputError(f"--workers must be 1 or more, not {workers}.")

@@ -453,8 +453,7 @@ def train_model(
     from motex_db.structures import get_starting_model
     from motex_db.tracking import open_tracker, tracking_location
 
-    if n_iter < 0 or cv == 1 or cv < 0:
-        raise InputError(f"--n-iter must be >= 0 and --cv 0 (the validation part) or >= 2 (got {n_iter} and {cv}).")
+    check_search_options(n_iter, cv)
     seed = _check_seed(seed)
     with Session(engine) as session:
         model = get_starting_model(session, structure)
@@ -539,6 +538,12 @@ class SeriesTrainOutcome:
     @property
     def n_created(self) -> int:
         return int(self.frames["created"].sum())
+
+
+def check_search_options(n_iter: int, cv: int) -> None:
+    """Refuse a negative ``n_iter`` and a ``cv`` other than 0 (the validation part) or 2 folds or more."""
+    if n_iter < 0 or cv == 1 or cv < 0:
+        raise InputError(f"--n-iter must be >= 0 and --cv 0 (the validation part) or >= 2 (got {n_iter} and {cv}).")
 
 
 def _searched(hyperparameters: dict) -> dict:
@@ -733,8 +738,7 @@ def train_series(
     from motex_db.structures import get_starting_model
     from motex_db.tracking import open_tracker, tracking_location
 
-    if n_iter < 0 or cv == 1 or cv < 0:
-        raise InputError(f"--n-iter must be >= 0 and --cv 0 (the validation part) or >= 2 (got {n_iter} and {cv}).")
+    check_search_options(n_iter, cv)
     seed = _check_seed(seed)
     with Session(engine) as session:
         model = get_starting_model(session, structure)

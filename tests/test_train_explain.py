@@ -118,6 +118,18 @@ def test_train_and_explain_refuse_what_they_cannot_do(motex, c60):
     assert snapshot(c60)["trained_model"] == before["trained_model"]
 
 
+def test_a_bad_search_option_is_one_line_before_any_progress_bar(motex_process, c60):
+    before = snapshot(c60)
+    for option in (["--cv", "1"], ["--cv", "-2"], ["--n-iter", "-1"]):
+        result = motex_process("train", "--structure", "c60-in-carbon", "--data", "c60-simulated", *option, db=c60)
+        assert result.exit_code == 2, (option, result.stdout, result.stderr)
+        assert result.stderr.strip().splitlines() == [
+            f"error: --n-iter must be >= 0 and --cv 0 (the validation part) or >= 2 "
+            f"(got {option[1] if option[0] == '--n-iter' else 50} and {option[1] if option[0] == '--cv' else 0})."
+        ], result.stderr
+    assert snapshot(c60) == before
+
+
 def test_refine_one_motif_with_srfit(motex, c60, tmp_path):
     (motif_id, rwp), = query(c60, "SELECT motif_id, rwp FROM motif_fit WHERE status = 'ok' ORDER BY rwp LIMIT 1")
     out = tmp_path / "refined"
