@@ -432,9 +432,9 @@ def _scoring_parts(X, y, cv, seed) -> list[tuple]:
     return [(fit, held) for fit, held in KFold(n_splits=cv, shuffle=True, random_state=seed).split(X)]
 
 
-def _validation_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _validation_split(n: int, seed: int, fraction: float = VALIDATION_FRACTION) -> tuple[np.ndarray, np.ndarray]:
     # A stream of its own, so the validation part does not mirror the test split.
-    return _shuffled_split(n, np.random.default_rng([int(seed), 1]), VALIDATION_FRACTION, "validation")
+    return _shuffled_split(n, np.random.default_rng([int(seed), 1]), fraction, "validation")
 
 
 def _plain(value):
@@ -503,11 +503,7 @@ def train_final(
         raise InputError(f"Early stopping needs at least one round of patience, not {early_stopping_rounds}.")
     if max_rounds < 1:
         raise InputError(f"The final fit needs at least one boosting round, not {max_rounds}.")
-    if validation_fraction == VALIDATION_FRACTION:
-        fit_idx, validation_idx = _validation_split(len(y_train), seed)
-    else:
-        rng = np.random.default_rng([int(seed), 1])
-        fit_idx, validation_idx = _shuffled_split(len(y_train), rng, validation_fraction, "validation")
+    fit_idx, validation_idx = _validation_split(len(y_train), seed, validation_fraction)
     part = _part(X_train, y_train, fit_idx, validation_idx, n_jobs)
     params = {k: v for k, v in params.items() if k != "n_estimators"}
     return _fit(part, params, seed, curve=True, early_stopping_rounds=early_stopping_rounds,
