@@ -353,6 +353,7 @@ def explain_series(
     from motex_db.fitting.work import fit_motifs_now, prepare_series_fit
     from motex_db.learning import EXTRACTED_SAMPLER_PREFIX
     from motex_db.models import FitResult, Motif, TrainedModel
+    from motex_db.processes import helper_processes
     from motex_db.structures import permutable_flags
 
     model, frames, trained, config, stored = _series_models(engine, structure, series)
@@ -362,26 +363,11 @@ def explain_series(
     cores = os.cpu_count() or 1
     n_workers = workers if workers is not None else (min(cores, left) if left >= 4 else 1)
     shap_threads = max(1, cores // max(1, n_workers))
-    helpers = []
-    if n_workers > 1:
-        import multiprocessing as mp
-
-        context = mp.get_context("spawn")
-        url = engine.url.render_as_string(hide_password=False)
-        helpers = [context.Process(target=_explain_frames_worker,
-                                   args=(url, structure, series, shap_motifs, k, shap_threads, os.getpid()),
-                                   daemon=True)
-                   for k in range(1, n_workers)]
-        for process in helpers:
-            process.start()
-    try:
+    url = engine.url.render_as_string(hide_password=False)
+    with helper_processes(_explain_frames_worker, [(url, structure, series, shap_motifs, k, shap_threads, os.getpid())
+                                                   for k in range(1, n_workers)]):
         created = _explain_frames(engine, frames, trained, stored, model.n_permutable, perm_elements, shap_motifs,
                                   on_frame, 0, shap_threads)
-    finally:
-        for process in helpers:
-            process.join(timeout=60)
-            if process.is_alive():
-                process.kill()
     found_by_frame = {}
     for frame in frames:
         rows = stored[trained[frame.id].id]

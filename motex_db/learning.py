@@ -735,6 +735,7 @@ def train_series(
     from motex_db.catalogue import masks_from_text
     from motex_db.datasets import get_series_frames
     from motex_db.models import TrainedModel
+    from motex_db.processes import helper_processes
     from motex_db.structures import get_starting_model
     from motex_db.tracking import open_tracker, tracking_location
 
@@ -844,22 +845,8 @@ def train_series(
             on_frame(len(_frames_stored(engine, keys) - stored_before), len(todo))
 
         n_workers = workers if workers is not None else (min(os.cpu_count() or 1, len(todo)) if len(todo) >= 4 else 1)
-        if n_workers <= 1:
+        with helper_processes(_frame_worker, [(job, k, os.getpid()) for k in range(1, n_workers)]):
             _work_frames(job, 0, progress, engine)
-        else:
-            import multiprocessing as mp
-
-            context = mp.get_context("spawn")
-            helpers = [context.Process(target=_frame_worker, args=(job, k, os.getpid()), daemon=True) for k in range(1, n_workers)]
-            for process in helpers:
-                process.start()
-            try:
-                _work_frames(job, 0, progress, engine)
-            finally:
-                for process in helpers:
-                    process.join(timeout=60)
-                    if process.is_alive():
-                        process.kill()
         progress()
         if parent_id:
             with contextlib.suppress(Exception):

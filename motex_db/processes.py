@@ -22,6 +22,7 @@ process's own and the pid names no process started at ``start``; anything else
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -30,7 +31,7 @@ import threading
 import time
 import uuid
 from functools import lru_cache
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -127,3 +128,27 @@ def die_with_parent(parent_pid: Optional[int] = None, poll_seconds: float = 1.0)
         os._exit(1)
 
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
+@contextlib.contextmanager
+def helper_processes(target: Callable, args: list[tuple], join_seconds: float = 60.0) -> Iterator[None]:
+    """Local helper processes, ``target(*a)`` for each ``a`` in ``args``, alive while the block runs.
+
+    Started with "spawn" (no inherited threads or connections); the target
+    calls :func:`die_with_parent` first, so no helper outlives a kill -9 of
+    its parent. After the block each helper gets ``join_seconds`` to finish
+    and is then killed. An empty ``args`` starts nothing.
+    """
+    import multiprocessing as mp
+
+    context = mp.get_context("spawn")
+    helpers = [context.Process(target=target, args=a, daemon=True) for a in args]
+    for process in helpers:
+        process.start()
+    try:
+        yield
+    finally:
+        for process in helpers:
+            process.join(timeout=join_seconds)
+            if process.is_alive():
+                process.kill()
