@@ -735,7 +735,7 @@ def train_series(
     from motex_db.catalogue import masks_from_text
     from motex_db.datasets import get_series_frames
     from motex_db.models import TrainedModel
-    from motex_db.processes import helper_processes
+    from motex_db.processes import helper_processes, local_workers
     from motex_db.structures import get_starting_model
     from motex_db.tracking import open_tracker, tracking_location
 
@@ -844,7 +844,7 @@ def train_series(
         def progress():
             on_frame(len(_frames_stored(engine, keys) - stored_before), len(todo))
 
-        n_workers = workers if workers is not None else (min(os.cpu_count() or 1, len(todo)) if len(todo) >= 4 else 1)
+        n_workers = local_workers(workers, len(todo))
         with helper_processes(_frame_worker, [(job, k, os.getpid()) for k in range(1, n_workers)]):
             _work_frames(job, 0, progress, engine)
         progress()

@@ -130,6 +130,13 @@ def die_with_parent(parent_pid: Optional[int] = None, poll_seconds: float = 1.0)
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
+def local_workers(requested: Optional[int], n_items: int) -> int:
+    """How many local processes work on ``n_items`` items: ``requested``, else one per core when four or more."""
+    if requested is not None:
+        return requested
+    return min(os.cpu_count() or 1, n_items) if n_items >= 4 else 1
+
+
 @contextlib.contextmanager
 def helper_processes(target: Callable, args: list[tuple], join_seconds: float = 60.0) -> Iterator[None]:
     """Local helper processes, ``target(*a)`` for each ``a`` in ``args``, alive while the block runs.
