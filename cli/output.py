@@ -7,7 +7,7 @@ import json
 import sys
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Sequence
+from typing import Optional, Sequence
 
 import pandas as pd
 from rich.console import Console
@@ -22,6 +22,12 @@ error_console = Console(stderr=True, highlight=False, soft_wrap=True, width=None
 def error(message: str) -> None:
     """One line on stderr."""
     error_console.print(f"error: {message}", markup=False)
+
+
+def note(message: Optional[str]) -> None:
+    """One line on stderr about something the command left undone, when there is one."""
+    if message:
+        error_console.print(f"note: {message}", markup=False)
 
 
 def _cell(value) -> str:

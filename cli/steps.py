@@ -240,11 +240,9 @@ def train(
     from motex_db.cli.ui import runs_hint
     from motex_db.learning import N_INITIAL, check_search_options, train_model, train_series
 
-    _data_or_series(data, series)
+    _data_or_series(data, series, workers)
     check_search_options(n_iter, cv)  # before a progress bar is drawn
     engine = engine_of(ctx)
-    if workers is not None and workers < 1:
-        raise InputError(f"--workers must be 1 or more, not {workers}.")
     if series is not None:
         if full_search:
             raise InputError("--full-search applies to one dataset's search: leave it out with --series.")
@@ -257,17 +255,20 @@ def train(
         return
     if reference is not None:
         raise InputError("--reference picks a frame of a series: use it with --series.")
-    if workers is not None:
-        raise InputError("--workers splits the frames of a series: use it with --series.")
     with output.trial_progress(N_INITIAL + n_iter) as on_trial:
         outcome = train_model(engine, structure, data, fit_config, n_iter, cv, seed, mlflow_uri, on_trial,
                               full_search=full_search)
     output.print_train_outcome(outcome, runs_hint(ctx, mlflow_uri, outcome.ui_command))
 
 
-def _data_or_series(data: Optional[str], series: Optional[str]) -> None:
+def _data_or_series(data: Optional[str], series: Optional[str], workers: Optional[int] = None) -> None:
+    """Refuse both or neither of --data and --series, and a --workers that is not for a series."""
     if (data is None) == (series is None):
         raise InputError("give a dataset (--data NAME) or a series (--series NAME), not both or neither.")
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers must be 1 or more, not {workers}.")
+    if workers is not None and series is None:
+        raise InputError("--workers splits the frames of a series: use it with --series.")
 
 
 @app.command()
@@ -290,11 +291,7 @@ def explain(
     from motex_db.interop import export_mlmotex_files
     from motex_db.reports.explanation import write_explanation_files
 
-    _data_or_series(data, series)
-    if workers is not None and workers < 1:
-        raise InputError(f"--workers must be 1 or more, not {workers}.")
-    if workers is not None and series is None:
-        raise InputError("--workers splits the frames of a series: use it with --series.")
+    _data_or_series(data, series, workers)
     engine = engine_of(ctx)
     if series is not None:
         _explain_series(engine, structure, series, model, out, min_confidence, mlflow_uri, shap_motifs, workers)
@@ -306,7 +303,7 @@ def explain(
     with tempfile.TemporaryDirectory() as scratch:
         files = write_explanation_files(outcome, out or Path(scratch))
         files.update(export_mlmotex_files(engine, outcome.trained_model_id, out or Path(scratch)))
-        log_explanation(engine.url.render_as_string(hide_password=False), outcome, files, mlflow_uri)
+        output.note(log_explanation(engine.url.render_as_string(hide_password=False), outcome, files, mlflow_uri))
     output.print_explain_outcome(outcome, files if out else None)
     from motex_db.environments import contributions_per_environment
 
@@ -333,7 +330,8 @@ def _explain_series(engine, structure, series, model, out, min_confidence, mlflo
         outcome = explain_series(engine, structure, series, min_confidence, on_frame, shap_motifs, workers)
     with tempfile.TemporaryDirectory() as scratch:
         files = write_series_explanation_files(outcome, out or Path(scratch))
-        log_series_explanation(engine.url.render_as_string(hide_password=False), outcome, files, mlflow_uri)
+        output.note(log_series_explanation(engine.url.render_as_string(hide_password=False), outcome, files,
+                                           mlflow_uri))
     output.print_series_explain_outcome(outcome, files if out else None)
 
 

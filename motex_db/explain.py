@@ -255,17 +255,22 @@ def explain_model(
     )
 
 
-def log_explanation(record_url: str, outcome: ExplainOutcome, files: dict, mlflow_uri: Optional[str] = None) -> None:
+def log_explanation(record_url: str, outcome: ExplainOutcome, files: dict,
+                    mlflow_uri: Optional[str] = None) -> Optional[str]:
     """Attach the explanation's files and its figures to the trained model's MLflow run.
 
     Metrics: the overall confidence, the extracted motif's Rwp and size (kept
     permutable atoms) and the best sampled Rwp, so runs compare by them.
+    Returns a sentence saying why nothing was logged when the store does not
+    hold the model's run, else None.
     """
     from motex_db.tracking import open_tracker
 
     if not outcome.mlflow_run_id:
-        return
+        return None
     tracker = open_tracker(record_url, mlflow_uri)
+    if not tracker.has_run(outcome.mlflow_run_id):
+        return tracker.missing_run_note(outcome.mlflow_run_id, f"trained model {outcome.trained_model_id}")
     tracker.log_values(outcome.mlflow_run_id, metrics={
         "overall_confidence": outcome.overall_confidence,
         "extracted_rwp": outcome.extracted_rwp if outcome.extracted_rwp is not None else float("nan"),
@@ -275,6 +280,7 @@ def log_explanation(record_url: str, outcome: ExplainOutcome, files: dict, mlflo
     with tracker.logging():
         for path in files.values():
             tracker.client.log_artifact(outcome.mlflow_run_id, str(path), artifact_path="explain")
+    return None
 
 
 # --------------------------------------------------------------------------
@@ -353,7 +359,7 @@ def explain_series(
     from motex_db.fitting.work import fit_motifs_now, prepare_series_fit
     from motex_db.learning import EXTRACTED_SAMPLER_PREFIX
     from motex_db.models import FitResult, Motif, TrainedModel
-    from motex_db.processes import helper_processes
+    from motex_db.processes import helper_processes, local_workers
     from motex_db.structures import permutable_flags
 
     model, frames, trained, config, stored = _series_models(engine, structure, series)
@@ -361,7 +367,7 @@ def explain_series(
     perm_elements = [e for e, f in zip(model.elements, flags) if f]
     left = sum(trained[f.id].id not in stored for f in frames)
     cores = os.cpu_count() or 1
-    n_workers = workers if workers is not None else (min(cores, left) if left >= 4 else 1)
+    n_workers = local_workers(workers, left)
     shap_threads = max(1, cores // max(1, n_workers))
     url = engine.url.render_as_string(hide_password=False)
     with helper_processes(_explain_frames_worker, [(url, structure, series, shap_motifs, k, shap_threads, os.getpid())
@@ -571,8 +577,13 @@ def _explain_frame(engine, row, n_permutable: int, perm_elements: list, shap_mot
         session.add(stored_row)
 
 
-def log_series_explanation(record_url: str, outcome: SeriesExplainOutcome, files: dict, mlflow_uri: Optional[str] = None) -> None:
-    """Attach the series' contribution tables to its parent MLflow run, and each frame's confidence to its child run."""
+def log_series_explanation(record_url: str, outcome: SeriesExplainOutcome, files: dict,
+                           mlflow_uri: Optional[str] = None) -> Optional[str]:
+    """Attach the series' contribution tables to its parent MLflow run, and each frame's confidence to its child run.
+
+    Returns a sentence saying why nothing was logged when the store does not
+    hold the parent run, else None; frames whose runs it does not hold are left out.
+    """
     import time
 
     from mlflow.entities import Metric
@@ -583,7 +594,7 @@ def log_series_explanation(record_url: str, outcome: SeriesExplainOutcome, files
     from motex_db.tracking import open_tracker
 
     if not outcome.parent_run_id:
-        return
+        return None
     engine = open_engine(record_url)
     with Session(engine) as session:
         runs = {
@@ -592,11 +603,14 @@ def log_series_explanation(record_url: str, outcome: SeriesExplainOutcome, files
         }
     engine.dispose()
     tracker = open_tracker(record_url, mlflow_uri)
+    if not tracker.has_run(outcome.parent_run_id):
+        return tracker.missing_run_note(outcome.parent_run_id, f"series '{outcome.series}'")
     now = int(time.time() * 1000)
     with tracker.logging():
         for r in outcome.frames.itertuples():
-            if runs.get(r.trained_model_id):
+            if tracker.has_run(runs.get(r.trained_model_id)):
                 tracker.client.log_batch(runs[r.trained_model_id],
                                          metrics=[Metric("overall_confidence", float(r.overall_confidence), now, 0)])
         for path in files.values():
             tracker.client.log_artifact(outcome.parent_run_id, str(path), artifact_path="explain")
+    return None

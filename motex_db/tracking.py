@@ -388,6 +388,24 @@ class Tracker:
                 for path in paths:
                     self.client.log_artifact(run_id, str(path), artifact_path=folder)
 
+    def has_run(self, run_id: Optional[str]) -> bool:
+        """Whether this store holds the run (a record copied without its MLflow store, or read
+        through another ``--mlflow-uri``, names runs the store never saw)."""
+        from mlflow.exceptions import MlflowException
+
+        if not run_id:
+            return False
+        try:
+            self.client.get_run(run_id)
+        except MlflowException:
+            return False
+        return True
+
+    def missing_run_note(self, run_id: str, what: str) -> str:
+        """One sentence for a run :meth:`has_run` did not find."""
+        return (f"the MLflow run {run_id} of {what} is not in the tracking store {safe_url(self.uri)}: "
+                f"the results are stored in the record, nothing was logged to MLflow.")
+
     def finish_run(self, run_id: str) -> None:
         """Mark a run FINISHED now."""
         with self.logging():

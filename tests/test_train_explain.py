@@ -142,3 +142,23 @@ def test_refine_one_motif_with_srfit(motex, c60, tmp_path):
     assert list(out.glob("*.png")) and list(out.glob("*.html"))
     bad = motex("refine", "--motif", motif_id, "--data", "c60-simulated", "--free", "scale,wobble", "--out", out, db=c60)
     assert bad.exit_code == 2 and "wobble" in bad.stderr
+
+
+def test_explain_without_the_models_mlflow_run_stores_its_answer_and_says_so(motex_process, c60, tmp_path):
+    """A record copied without its MLflow store: explain still answers, and says in one line why MLflow got nothing."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(c60.removeprefix("sqlite:///"), copy / "motex.db")
+    url = f"sqlite:///{copy / 'motex.db'}"
+    trained = motex_process("train", "--structure", "c60-in-carbon", "--data", "c60-simulated", "--n-iter", "1", db=url)
+    assert trained.exit_code == 0, trained.stderr
+    (copy / "mlflow.db").unlink()  # the store that holds the new model's run
+    result = motex_process("explain", "--structure", "c60-in-carbon", "--data", "c60-simulated", db=url)
+    assert result.exit_code == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "is not in the tracking store" in notes[0] and "stored in the record" in notes[0]
+    model_id, = query(url, "SELECT max(id) FROM trained_model")[0]
+    assert query(url, f"SELECT count(*) FROM atom_contribution WHERE trained_model_id = {model_id}")[0][0] > 0
