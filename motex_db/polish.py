@@ -18,6 +18,14 @@ search in motif space, every candidate fitted for real:
   the best one only when its Rwp is lower by ``min_gain`` per atom in which
   the two differ. Smaller gains are within what noise in the data gives, so
   the search never trades a motif for one that fits only marginally better;
+- **the ranking scan** (with contributions): before the local search, the
+  motifs made of the k most negative atoms, k = 1..N, are fitted (N fits),
+  and the best of them replaces the start when it fits better by ``min_gain``
+  per atom changed. On starting models much larger than the motif the SHAP
+  signs over-include but their order is right: the extracted motif of a C60
+  hidden in 360 carbons carried 62 extra atoms, while its 57 most negative
+  atoms were all cage atoms and fitted at Rwp 0.071 against 0.175. One flip
+  at a time, the local search would need a step per extra atom;
 - **escaping local minima** (``strategy='tabu'``, the default): where no move
   improves, the search takes the best move that does not undo a recent one
   (tabu search: an atom changed stays fixed for ``tenure`` steps unless changing
@@ -78,7 +86,7 @@ DEFAULT_TENURE = 7
 DEFAULT_SWAP_CANDIDATES = 6
 STRATEGIES = ("tabu", "greedy")
 #: Bump when the same inputs would take other moves: a stored run is then not reused.
-POLISH_VERSION = "polish 1"
+POLISH_VERSION = "polish 2"
 _LEASE_SECONDS = 120.0
 _POLL_SECONDS = 1.0
 
@@ -139,6 +147,26 @@ def _flips(mask: np.ndarray, atoms: np.ndarray) -> np.ndarray:
     return out
 
 
+def _ranking_scan(memory: _Evaluations, guide: np.ndarray, tie: np.ndarray, start: np.ndarray, start_rwp: float,
+                  min_gain: float) -> tuple[np.ndarray, float]:
+    """The ranking scan: the best-fitting motif made of the k most negative atoms (k = 1..N), if it beats ``start``.
+
+    One fit per size; the prefix of lowest Rwp (the smallest on ties) replaces
+    ``start`` only when its Rwp is lower by ``min_gain`` per atom in which the
+    two differ (the search's own rule).
+    """
+    n = guide.size
+    rank = np.empty(n, dtype=np.int64)
+    rank[np.lexsort((tie, guide))] = np.arange(n)  # most negative first
+    prefixes = rank[None, :] <= np.arange(n)[:, None]  # row k: the k + 1 most negative atoms
+    values = memory(prefixes)
+    values = np.where(np.isfinite(values), values, np.inf)
+    pick = int(np.argmin(values))
+    if values[pick] < start_rwp - min_gain * int((prefixes[pick] != start).sum()):
+        return prefixes[pick].copy(), float(values[pick])
+    return start, start_rwp
+
+
 def search_motifs(
     evaluate: Callable[[np.ndarray], np.ndarray],
     start: np.ndarray,
@@ -151,6 +179,7 @@ def search_motifs(
     tenure: int = DEFAULT_TENURE,
     swap_candidates: int = DEFAULT_SWAP_CANDIDATES,
     on_step: Callable[[int, float], None] = lambda evaluated, best_rwp: None,
+    ranking_scan: bool = True,
 ) -> SearchResult:
     """Local search in motif space from ``start`` ((N,) bool) for the mask of lowest Rwp.
 
@@ -158,8 +187,10 @@ def search_motifs(
     failed fit); it is called only with masks not evaluated before, at most
     ``budget`` masks in all. ``contributions`` ((N,), Rwp units, negative:
     the atom belongs) order the proposals; without them the order is a seeded
-    random one. Deterministic for given inputs and evaluator values. See the
-    module docstring for the moves, the tabu rule and the stopping rules.
+    random one, and ``ranking_scan`` starts the search from the best motif of the
+    k most negative atoms where that fits better. Deterministic for given inputs
+    and evaluator values. See the module docstring for the moves, the tabu rule
+    and the stopping rules.
     """
     start = np.asarray(start, dtype=bool)
     n = start.size
@@ -181,6 +212,8 @@ def search_motifs(
     memory = _Evaluations(evaluate, budget)
     current = start.copy()
     current_rwp = float(memory(current[None])[0])
+    if contributions is not None and ranking_scan:
+        current, current_rwp = _ranking_scan(memory, guide, tie, current, current_rwp, min_gain)
     best_rwp, best = current_rwp, current.copy()
     tabu_until = np.zeros(n, dtype=np.int64)
     step = since_best = 0
@@ -478,6 +511,7 @@ def polish_motif(
     patience: int = DEFAULT_PATIENCE,
     tenure: int = DEFAULT_TENURE,
     swap_candidates: int = DEFAULT_SWAP_CANDIDATES,
+    ranking_scan: bool = True,
     on_progress: Callable[[int, int, float], None] = lambda evaluated, budget, best_rwp: None,
     on_wait: Callable[[str], None] = lambda message: None,
     lease_seconds: float = _LEASE_SECONDS,
@@ -522,7 +556,8 @@ def polish_motif(
     if config is None:
         config = get_or_create_fit_config(engine, prepared.settings)
     job = prepared.job
-    options = {"min_gain": min_gain, "patience": patience, "tenure": tenure, "swap_candidates": swap_candidates}
+    options = {"min_gain": min_gain, "patience": patience, "tenure": tenure, "swap_candidates": swap_candidates,
+               "ranking_scan": ranking_scan}
     worker = worker_id()
     inputs = _inputs_hash(model.id, data.id, job.fit_config_id, motif.id, strategy, budget, seed, options)
     row = {
@@ -576,7 +611,7 @@ def polish_motif(
     start_mask = masks_from_text([motif.mask], model.n_permutable)[0]
     result = search_motifs(
         evaluate, start_mask, contributions, budget, strategy, seed, min_gain, patience, tenure, swap_candidates,
-        on_step=lambda evaluated, best_rwp: on_progress(evaluated, budget, best_rwp),
+        on_step=lambda evaluated, best_rwp: on_progress(evaluated, budget, best_rwp), ranking_scan=ranking_scan,
     )
     seconds = time.perf_counter() - started
     texts = [mask_to_text(result.best_mask)] + [mask_to_text(m) for _, m in result.path.values()]

@@ -43,11 +43,12 @@ def test_tabu_leaves_a_local_minimum_where_greedy_stops():
     trap[10:14] = True  # 8 flips from the target
     guide = np.where(target, -1.0, 1.0)  # contributions that point at the target
     evaluate, _ = _trap(target, trap)
-    greedy = search_motifs(evaluate, trap, guide, budget=2000, strategy="greedy", min_gain=0.0)
+    # without the ranking scan, which would jump straight to the target's six most negative atoms
+    greedy = search_motifs(evaluate, trap, guide, budget=2000, strategy="greedy", min_gain=0.0, ranking_scan=False)
     assert greedy.stopped == "converged" and np.array_equal(greedy.best_mask, trap)
     assert greedy.best_rwp == pytest.approx(0.03)
     evaluate, calls = _trap(target, trap)
-    tabu = search_motifs(evaluate, trap, guide, budget=2000, strategy="tabu", min_gain=0.0)
+    tabu = search_motifs(evaluate, trap, guide, budget=2000, strategy="tabu", min_gain=0.0, ranking_scan=False)
     assert np.array_equal(tabu.best_mask, target) and tabu.best_rwp == 0.0
     assert sum(calls) == tabu.n_evaluated <= 2000  # each distinct motif evaluated once
     # the path holds the best Rwp per size over everything evaluated
@@ -64,6 +65,29 @@ def test_contributions_order_the_proposals_and_save_fits():
     blind = search_motifs(evaluate, start, None, strategy="greedy", min_gain=0.0, seed=3)
     assert np.array_equal(good.best_mask, target) and np.array_equal(blind.best_mask, target)
     assert good.n_evaluated < 0.6 * blind.n_evaluated
+
+
+def test_the_ranking_scan_jumps_from_an_over_including_start_to_the_best_prefix():
+    """A start with 100 extra atoms, contributions in the right order: the scan's N fits reach the target,
+    where flips one at a time would need a step per extra atom."""
+    n = 200
+    target = np.zeros(n, dtype=bool)
+    target[:20] = True
+    evaluate = lambda masks: 0.01 * (masks != target).sum(axis=1)
+    start = target.copy()
+    start[50:150] = True
+    guide = np.linspace(-1.0, 1.0, n)  # the target's atoms most negative, the extra ones in between
+    scanned = search_motifs(evaluate, start, guide, strategy="greedy")
+    assert np.array_equal(scanned.best_mask, target) and scanned.best_rwp == 0.0
+    assert scanned.path[20][0] == 0.0 and len(scanned.path) == n  # every prefix size was fitted
+    assert scanned.n_evaluated <= 1 + n + n + 6 * 6  # start, scan, one look at every flip and the swaps
+    flips = search_motifs(evaluate, start, guide, budget=200 * n, strategy="greedy", ranking_scan=False)
+    assert np.array_equal(flips.best_mask, target)
+    assert flips.n_evaluated > 10 * scanned.n_evaluated
+    # a prefix that fits better, but not by min_gain per atom changed, leaves the start alone
+    near = lambda masks: 0.5 - 0.0001 * (masks == target).sum(axis=1)
+    kept = search_motifs(near, start, guide, budget=n + 1, strategy="greedy")
+    assert np.array_equal(kept.best_mask, start)
 
 
 def test_min_gain_keeps_the_start_against_marginal_improvements():
