@@ -16,6 +16,7 @@ Lundberg et al., Nat. Mach. Intell. 2, 56 (2020) (TreeSHAP).
 
 from __future__ import annotations
 
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -72,11 +73,15 @@ def shap_values(model, X: np.ndarray, n_jobs: Optional[int] = None) -> np.ndarra
         )
     booster = model.get_booster() if hasattr(model, "get_booster") else model
     # The stored models say one thread (training is deterministic with any
-    # count); the explanation may use every core, on a copy of the booster.
-    booster = booster.copy()
+    # count); the explanation may use every core, and then gives the model
+    # back as it was (a copy of a booster of thousands of trees costs more).
+    saved = json.loads(booster.save_config())["learner"]["generic_param"]["nthread"]
     threads = int(n_jobs or os.cpu_count() or 1)
     booster.set_param({"nthread": threads})
-    values = booster.predict(xgb.DMatrix(X, nthread=threads), pred_contribs=True, validate_features=False)
+    try:
+        values = booster.predict(xgb.DMatrix(X, nthread=threads), pred_contribs=True, validate_features=False)
+    finally:
+        booster.set_param({"nthread": saved})
     return np.asarray(values[:, :-1], dtype=np.float64)
 
 

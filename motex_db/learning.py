@@ -215,26 +215,22 @@ def choose_fit_config(session, model_id: int, dataset_id: int, fit_config_id: Op
     return max(counts, key=lambda row: (row[1], row[0]))[0]
 
 
-def _fit_rows(session, dataset_id: int, fit_config_id: int, model_id: Optional[int] = None,
-              motif_ids: Optional[list[int]] = None):
-    """(motif id, mask, Rwp) of 'ok' fits: of a starting model's sampled motifs, or of given motifs."""
+def _fit_rows(session, dataset_id: int, fit_config_id: int, model_id: int):
+    """(motif id, mask, Rwp) of the 'ok' fits of a starting model's sampled motifs, by motif id."""
     from sqlmodel import select
 
     from motex_db.models import FitResult, Motif
 
-    query = (
+    return session.exec(
         select(Motif.id, Motif.mask, FitResult.rwp)
         .join(FitResult, FitResult.motif_id == Motif.id)
         .where(FitResult.dataset_id == dataset_id)
         .where(FitResult.fit_config_id == fit_config_id)
-    )
-    if motif_ids is not None:
-        query = query.where(Motif.id.in_(motif_ids))
-    else:
-        query = (query.where(Motif.starting_model_id == model_id).where(FitResult.status == "ok")
-                 .where(~Motif.sampler.startswith(EXTRACTED_SAMPLER_PREFIX))
-                 .where(~Motif.sampler.startswith(POLISH_SAMPLER)))
-    return session.exec(query.order_by(Motif.id)).all()
+        .where(Motif.starting_model_id == model_id).where(FitResult.status == "ok")
+        .where(~Motif.sampler.startswith(EXTRACTED_SAMPLER_PREFIX))
+        .where(~Motif.sampler.startswith(POLISH_SAMPLER))
+        .order_by(Motif.id)
+    ).all()
 
 
 def load_fits(session, model_id: int, dataset_id: int, fit_config_id: int) -> tuple[np.ndarray, list[str], np.ndarray]:
@@ -279,7 +275,7 @@ def load_training_set(session, trained, n_permutable: int) -> Optional[TrainingS
     from sqlmodel import select
 
     from motex_db.catalogue import masks_from_text
-    from motex_db.models import Motif
+    from motex_db.models import FitResult, Motif
 
     if trained.motif_ids is None or len(trained.motif_ids) < 2:
         return None
@@ -288,7 +284,10 @@ def load_training_set(session, trained, n_permutable: int) -> Optional[TrainingS
     texts = dict(session.exec(select(Motif.id, Motif.mask).where(Motif.id.in_(wanted))).all())
     if len(texts) != len(ids):
         return None
-    fitted = {m: rwp for m, _, rwp in _fit_rows(session, trained.dataset_id, trained.fit_config_id, motif_ids=wanted)}
+    fitted = dict(session.exec(
+        select(FitResult.motif_id, FitResult.rwp).where(FitResult.dataset_id == trained.dataset_id)
+        .where(FitResult.fit_config_id == trained.fit_config_id).where(FitResult.motif_id.in_(wanted))
+    ).all())
     masks = masks_from_text([texts[i] for i in wanted], n_permutable)
     rwp = np.array([fitted.get(i, np.nan) for i in wanted], dtype=np.float64)
     train_idx, test_idx = split(len(ids), int(trained.seed))
@@ -565,7 +564,7 @@ def train_frame(X: np.ndarray, rwp: np.ndarray, params: dict, seed: int) -> tupl
     train_idx, test_idx = split(len(rwp), seed)
     final = train_final(X[train_idx], rwp[train_idx], params, seed, train_curve=False)
     metrics = {**evaluate(final.model, X[test_idx], rwp[test_idx]), "best_iteration": final.best_iteration}
-    return model_to_json(final.model), final.hyperparameters, metrics, final.learning_curve
+    return final.model_json, final.hyperparameters, metrics, final.learning_curve
 
 
 @dataclass(frozen=True)

@@ -460,10 +460,12 @@ class FinalModel:
     ``early_stopping_rounds`` rounds after the best. ``fit_idx`` and
     ``validation_idx`` index rows of the ``X_train`` given to
     :func:`train_final`. ``hyperparameters`` are the XGBRegressor keyword
-    arguments that rebuild ``model`` when fitted on ``X_train[fit_idx]``.
+    arguments that rebuild ``model`` when fitted on ``X_train[fit_idx]``;
+    ``model_json`` is the text ``model`` was loaded from (:func:`model_to_json`).
     """
 
     model: xgb.XGBRegressor
+    model_json: str
     best_iteration: int
     n_rounds_run: int
     learning_curve: dict
@@ -540,8 +542,10 @@ def _fit(part, params: dict, seed: int, curve: bool, early_stopping_rounds: int 
         return mae, best_iteration + 1, None
     # Keep the best model only: its JSON, its predictions and its SHAP values
     # then all describe the same trees, whoever loads it.
+    text = _booster_json(booster[: best_iteration + 1])
     final = FinalModel(
-        model=model_from_json(_booster_json(booster[: best_iteration + 1])),
+        model=model_from_json(text),
+        model_json=text,
         best_iteration=best_iteration,
         n_rounds_run=len(history["validation"]["mae"]),
         learning_curve={side: {m: [float(v) for v in history[side][m]] for m in _EVAL_METRICS} for side in history},
@@ -664,7 +668,7 @@ def train_surrogate(
     y_pred_test = final.model.predict(X[test_idx]).astype(np.float64)
     return SurrogateResult(
         model=final.model,
-        model_json=model_to_json(final.model),
+        model_json=final.model_json,
         hyperparameters=final.hyperparameters,
         trials=search.trials,
         best_cv_mae=search.best_cv_mae,
