@@ -22,6 +22,9 @@ the cage's PDF plus noise as the data. Two parts:
    included), each command's own peak resident memory, and how much of the
    cage the extracted motif (the atoms with negative contributions) and the
    polished one recover, plus the same for the 60 most negative atoms.
+   ``--extract FITS`` runs the one-command loop (``extract --budget FITS``:
+   rounds of uniform then guided sampling, fit, train, explain, then polish)
+   in place of sample, fit, train, explain and polish.
 
 Figures are medians over ``--repeats`` for part 1 and one run for part 2;
 ``uptime``'s load is printed beside them (2 shared cores: compare figures of
@@ -110,9 +113,10 @@ def fit_rates(shells: list[int], n_masks: int, n_exact: int, repeats: int) -> No
     print(f"  peak RSS of this process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB  [{load()}]")
 
 
-def end_to_end(n_motifs: int, train_args: list[str], polish: bool, shell: int) -> None:
+def end_to_end(n_motifs: int, train_args: list[str], polish: bool, shell: int, extract_budget: int = 0) -> None:
     case = large_c60_case(n_shell=shell)
-    print(f"part 2: the {len(case.elements)}-atom case end to end through the CLI, {n_motifs} motifs  [{load()}]")
+    how = f"`extract --budget {extract_budget}`" if extract_budget else f"{n_motifs} motifs"
+    print(f"part 2: the {len(case.elements)}-atom case end to end through the CLI, {how}  [{load()}]")
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         model_file, data_file = write_large_case(folder, case)
@@ -125,7 +129,11 @@ def end_to_end(n_motifs: int, train_args: list[str], polish: bool, shell: int) -
             ("train", ["train", "--structure", "large", "--data", "cage", *train_args]),
             ("explain", ["explain", "--structure", "large", "--data", "cage", "--out", folder / "explain"]),
         ]
-        if polish:
+        if extract_budget:
+            # the one-command loop instead: rounds of sample (uniform, then guided), fit, train, explain, then polish
+            steps[2:] = [("extract", ["extract", "--structure", "large", "--data", "cage", "--budget", extract_budget,
+                                      "--seed", 1])]
+        elif polish:
             steps.append(("polish", ["polish", "--structure", "large", "--data", "cage"]))
         total = 0.0
         peak = 0.0
@@ -136,7 +144,7 @@ def end_to_end(n_motifs: int, train_args: list[str], polish: bool, shell: int) -
             last = [line for line in stdout.splitlines() if line.strip()][-1:] or [""]
             print(f"  {label:14s} {seconds:7.1f} s  peak {rss:6.0f} MiB  | {last[0][:110]}")
         print(f"  end to end     {total:7.1f} s  peak {peak:6.0f} MiB (largest of any command)  [{load()}]")
-        recovery(folder / "large.db", folder / "explain", case)
+        recovery(folder / "large.db", None if extract_budget else folder / "explain", case)
 
 
 # A small launcher runs each command and reports its child's peak RSS: Linux starts a forked
@@ -192,7 +200,7 @@ def recovery(db_file: Path, explain_dir: Path, case) -> None:
             f" ({100 * found / truth.size:.0f} % recovered), {kept.size - found} extra"
             f" ({100 * (kept.size - found) / truth.size:.0f} % of the cage's size)"
         )
-    table = next(explain_dir.glob("*_contributions.csv"), None)
+    table = None if explain_dir is None else next(explain_dir.glob("*_contributions.csv"), None)
     if table is not None:
         with table.open() as handle:
             rows = list(csv.DictReader(handle))
@@ -213,6 +221,8 @@ def main() -> None:
     parser.add_argument("--e2e-shell", type=int, default=300, help="shell atoms end to end (default 300: 360 atoms)")
     parser.add_argument("--train-args", default="", help="extra train options, e.g. '--n-iter 20'")
     parser.add_argument("--no-polish", action="store_true", help="end to end without the polish step")
+    parser.add_argument("--extract", type=int, default=0, metavar="FITS",
+                        help="end to end with `extract --budget FITS` instead of the separate commands")
     parser.add_argument("--skip-fits", action="store_true", help="skip part 1")
     parser.add_argument("--skip-e2e", action="store_true", help="skip part 2")
     args = parser.parse_args()
@@ -221,7 +231,7 @@ def main() -> None:
     if not args.skip_fits:
         fit_rates([int(s) for s in args.shells.split(",")], args.masks, args.exact_masks, args.repeats)
     if not args.skip_e2e:
-        end_to_end(args.motifs, args.train_args.split(), not args.no_polish, args.e2e_shell)
+        end_to_end(args.motifs, args.train_args.split(), not args.no_polish, args.e2e_shell, args.extract)
 
 
 if __name__ == "__main__":
