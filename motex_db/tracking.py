@@ -168,6 +168,57 @@ def _migrate_sqlite_file(path: Path) -> None:
         engine.dispose()
 
 
+def _template_path() -> Optional[Path]:
+    """Where this machine keeps an empty store at the installed MLflow's schema head (None: no cache folder).
+
+    ``$MOTEX_DB_CACHE``, else ``$XDG_CACHE_HOME/motex-db``, else ``~/.cache/motex-db``.
+    """
+    import mlflow
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    folder = os.environ.get("MOTEX_DB_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "motex-db")
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return None
+    return Path(folder) / f"mlflow-{mlflow.__version__}-{_get_latest_schema_revision()}.db"
+
+
+def _new_store(scratch: Path) -> None:
+    """A new store in ``scratch``: MLflow's tables at its schema head, and nothing else.
+
+    MLflow's migrations take over a second of a first ``train``; they run once
+    per machine and MLflow version into a template (made in a scratch file of
+    its own and renamed into place, so a kill leaves none or a whole one),
+    which every new store then copies. Where no template can be kept or the one
+    found is not whole, the migrations run in ``scratch`` itself.
+    """
+    import shutil
+
+    template = _template_path()
+    if template is not None:
+        try:
+            if not template.exists():
+                making = template.with_name(f"{template.name}.creating-{os.getpid()}")
+                try:
+                    _migrate_sqlite_file(making)
+                    os.replace(making, template)
+                finally:
+                    making.unlink(missing_ok=True)
+            shutil.copyfile(template, scratch)
+            if _store_state(scratch)[0]:
+                return
+            template.unlink(missing_ok=True)  # not a whole store after all: made anew next time
+        except Exception:  # a cache that cannot be written, or a template that is not an SQLite file
+            with contextlib.suppress(OSError):
+                template.unlink(missing_ok=True)
+        scratch.unlink(missing_ok=True)
+    _migrate_sqlite_file(scratch)
+
+
 def _finish_half_done_migration(path: Path) -> None:
     """Undo what an interrupted batch migration left: ``_alembic_tmp_T`` beside ``T`` is dropped (the copy had not
     replaced it), and renamed to ``T`` where ``T`` was already dropped."""
@@ -190,8 +241,9 @@ def _finish_half_done_migration(path: Path) -> None:
 def prepare_sqlite_store(uri: str) -> None:
     """Make the embedded SQLite store at ``uri`` whole before MLflow opens it; call it under :func:`tracking_lock`.
 
-    - no store (or an empty file): MLflow's tables are made in a scratch file
-      beside it, which is then renamed into place;
+    - no store (or an empty file): a new one (:func:`_new_store`, a copy of
+      this machine's template) is made in a scratch file beside it, which is
+      then renamed into place;
     - an older schema: upgraded the same way, on a copy;
     - half-made (an interrupted migration): mended on a copy; if that fails, the
       store is moved aside and a new one made (and if it held no run, it is
@@ -208,10 +260,14 @@ def prepare_sqlite_store(uri: str) -> None:
         _migrate_sqlite_file(scratch)
         os.replace(scratch, path)
 
+    def new_store_into_place() -> None:
+        _new_store(scratch)
+        os.replace(scratch, path)
+
     if not path.exists() or path.stat().st_size == 0:
         for suffix in ("-journal", "-wal", "-shm"):
             path.with_name(path.name + suffix).unlink(missing_ok=True)  # of a store that is gone
-        migrate_scratch_into_place()
+        new_store_into_place()
         return
     whole, half_made, runs = _store_state(path)
     if whole:
@@ -234,7 +290,7 @@ def prepare_sqlite_store(uri: str) -> None:
         _log.warning(f"the MLflow store {path} could not be mended ({reason}); it was moved to {aside.name} and a new one made.")
     else:
         _log.warning(f"the MLflow store {path} was half-made and held no run; it was made anew.")
-    migrate_scratch_into_place()
+    new_store_into_place()
 
 
 def mark_killed_runs(client, experiment_id: str) -> int:

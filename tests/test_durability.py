@@ -345,22 +345,64 @@ open_tracker(sys.argv[1])
 """
 
 
-def test_a_store_creation_killed_half_way_leaves_no_half_made_store(tmp_path):
-    from motex_db.tracking import open_tracker
-
-    record = f"sqlite:///{tmp_path / 'motex.db'}"
-    process = subprocess.Popen([sys.executable, "-c", CREATE_STORE, record])
+def _kill_during(process, folder: Path, pattern: str) -> None:
+    """kill -9 ``process`` 0.3 s after a file matching ``pattern`` appears in ``folder`` (into MLflow's migrations)."""
     deadline = time.time() + 120
-    while time.time() < deadline and not list(tmp_path.glob("mlflow.db.creating-*")):
+    while time.time() < deadline and not list(folder.glob(pattern)):
         assert process.poll() is None, "the store was made before it could be interrupted"
         time.sleep(0.01)
-    time.sleep(0.3)  # into MLflow's migrations
+    time.sleep(0.3)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
+
+
+def test_a_store_creation_killed_half_way_leaves_no_half_made_store(tmp_path, monkeypatch):
+    """Without a template to copy (the cache folder cannot be made), MLflow's migrations run in the scratch file."""
+    from motex_db.tracking import open_tracker
+
+    (tmp_path / "a file").write_text("")
+    monkeypatch.setenv("MOTEX_DB_CACHE", str(tmp_path / "a file" / "cache"))
+    record = f"sqlite:///{tmp_path / 'motex.db'}"
+    _kill_during(subprocess.Popen([sys.executable, "-c", CREATE_STORE, record]), tmp_path, "mlflow.db.creating-*")
     assert not (tmp_path / "mlflow.db").exists()  # no store rather than half a store
     tracker = open_tracker(record)
     assert tracker.client.get_experiment(tracker.experiment_id).name == "motex-db"
     assert not list(tmp_path.glob("mlflow.db.creating-*"))
+
+
+def test_new_stores_copy_one_template_made_whole_or_not_at_all(tmp_path, monkeypatch):
+    """MLflow's migrations run once per machine, into a template that a kill leaves whole or absent; every new
+    store copies it, and a template that is not a whole store is made anew."""
+    import motex_db.tracking as tracking
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MOTEX_DB_CACHE", str(cache))
+    first = tmp_path / "first"
+    first.mkdir()
+    _kill_during(subprocess.Popen([sys.executable, "-c", CREATE_STORE, f"sqlite:///{first / 'motex.db'}"]),
+                 cache, "*.creating-*")
+    assert not list(cache.glob("*.db")) and not (first / "mlflow.db").exists()
+    tracking.open_tracker(f"sqlite:///{first / 'motex.db'}")
+    (template,) = cache.glob("*.db")
+
+    def no_migrations(path):
+        raise AssertionError("MLflow's migrations ran again")
+
+    monkeypatch.setattr(tracking, "_migrate_sqlite_file", no_migrations)
+    for name in ("second", "third"):
+        (tmp_path / name).mkdir()
+        tracker = tracking.open_tracker(f"sqlite:///{tmp_path / name / 'motex.db'}")
+        run = tracker.start_run(name, {"motex_db.kind": "train"})
+        tracker.finish_run(run)
+        assert [r.info.run_name for r in tracker.client.search_runs([tracker.experiment_id])] == [name]
+    monkeypatch.undo()
+    monkeypatch.setenv("MOTEX_DB_CACHE", str(cache))
+    template.write_bytes(b"not an SQLite file")
+    (tmp_path / "fourth").mkdir()
+    tracker = tracking.open_tracker(f"sqlite:///{tmp_path / 'fourth' / 'motex.db'}")
+    assert tracker.client.get_experiment(tracker.experiment_id).name == "motex-db"
+    assert tracking._store_state(tmp_path / "fourth" / "mlflow.db")[0]
+    assert not template.exists()  # made anew by the next new store
 
 
 def test_a_half_made_store_from_an_older_version_is_mended_with_one_sentence(tmp_path, caplog):
