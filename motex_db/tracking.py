@@ -211,10 +211,10 @@ def _new_store(scratch: Path) -> None:
             shutil.copyfile(template, scratch)
             if _store_state(scratch)[0]:
                 return
-            template.unlink(missing_ok=True)  # not a whole store after all: made anew next time
         except Exception:  # a cache that cannot be written, or a template that is not an SQLite file
-            with contextlib.suppress(OSError):
-                template.unlink(missing_ok=True)
+            pass
+        with contextlib.suppress(OSError):
+            template.unlink(missing_ok=True)  # not a whole store: made anew next time
         scratch.unlink(missing_ok=True)
     _migrate_sqlite_file(scratch)
 
