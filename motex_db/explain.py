@@ -25,7 +25,7 @@ from motex_db.contributions import *  # noqa: F401,F403  (step 4's computation, 
 from motex_db.contributions import (
     SHAP_MOTIFS,
     atom_contributions,
-    contribution_convergence,
+    explain_with_convergence,
     extracted_motif_mask,
     shap_rows,
     shap_values,
@@ -166,10 +166,8 @@ def explain_model(
     computed: dict = {}
 
     def compute():
-        shap_matrix = shap_values(surrogate, X_explained)
-        found = atom_contributions(shap_matrix, X_explained)
-        parts = contribution_convergence(training.masks, training.rwp, trained.hyperparameters, trained.seed,
-                                         found.contribution, shap_motifs)
+        shap_matrix, found, parts = explain_with_convergence(
+            surrogate, X_explained, training.masks, training.rwp, trained.hyperparameters, trained.seed, shap_motifs)
         convergence = {name: {k: v for k, v in part.items() if k != "contribution"} for name, part in parts.items()}
         with transaction(engine) as session:
             session.add_all([

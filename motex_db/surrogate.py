@@ -69,6 +69,7 @@ __all__ = [
     "choose_trial",
     "FinalModel",
     "train_final",
+    "fit_booster",
     "evaluate",
     "model_to_json",
     "model_from_json",
@@ -512,6 +513,22 @@ def train_final(
                 max_rounds=max_rounds, n_jobs=n_jobs, train_curve=train_curve)[2]
 
 
+def fit_booster(X_train: np.ndarray, y_train: np.ndarray, params: dict, seed: int) -> xgb.Booster:
+    """The trees :func:`train_final` keeps for these inputs, as a bare booster, and nothing else.
+
+    The same split, stopping and trees (byte for byte), without the learning
+    curve, the second metric or the JSON round trip: for models that are
+    only explained (the convergence check's), where those cost a fifth of
+    the fit.
+    """
+    X_train, y_train = _check_xy(X_train, y_train)
+    seed = _check_seed(seed)
+    fit_idx, validation_idx = _validation_split(len(y_train), seed)
+    part = _part(X_train, y_train, fit_idx, validation_idx)
+    params = {k: v for k, v in params.items() if k != "n_estimators"}
+    return _fit(part, params, seed, curve=False, keep=True)[2]
+
+
 def _part(X, y, fit_rows, held_rows, n_jobs: int = 1) -> tuple:
     """(fit DMatrix, held-out DMatrix, fit rows, held-out rows): one scoring part, built once per search."""
     return (xgb.DMatrix(X[fit_rows], label=y[fit_rows], nthread=n_jobs),
@@ -519,13 +536,14 @@ def _part(X, y, fit_rows, held_rows, n_jobs: int = 1) -> tuple:
 
 
 def _fit(part, params: dict, seed: int, curve: bool, early_stopping_rounds: int = EARLY_STOPPING_ROUNDS,
-         max_rounds: int = MAX_ROUNDS, n_jobs: int = 1, train_curve: bool = True,
+         max_rounds: int = MAX_ROUNDS, n_jobs: int = 1, train_curve: bool = True, keep: bool = False,
          ) -> tuple[float, int, Optional["FinalModel"]]:
     """One boosted fit of a part, stopping early on its held-out rows: (held-out MAE, trees kept, model).
 
     With ``curve`` the learning curve on both sides is recorded and the model
     is returned as a :class:`FinalModel`; without, only the held-out MAE is
-    evaluated (cross-validation folds) and the model is None.
+    evaluated (cross-validation folds) and the model is None, or with
+    ``keep`` the booster cut to its best round.
     """
     fit, held, fit_rows, held_rows = part
     history: dict = {}
@@ -539,7 +557,7 @@ def _fit(part, params: dict, seed: int, curve: bool, early_stopping_rounds: int 
     best_iteration = int(booster.best_iteration)
     mae = float(history["validation"]["mae"][best_iteration])
     if not curve:
-        return mae, best_iteration + 1, None
+        return mae, best_iteration + 1, booster[: best_iteration + 1] if keep else None
     # Keep the best model only: its JSON, its predictions and its SHAP values
     # then all describe the same trees, whoever loads it.
     text = _booster_json(booster[: best_iteration + 1])

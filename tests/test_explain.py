@@ -130,3 +130,33 @@ def test_shap_rows_are_a_seeded_subset_of_the_training_motifs():
     assert not np.array_equal(rows, shap_rows(5000, seed=4, shap_motifs=2000))
     np.testing.assert_array_equal(shap_rows(800, seed=3, shap_motifs=2000), np.arange(800))  # fewer: all
     np.testing.assert_array_equal(shap_rows(800, seed=3, shap_motifs=0), np.arange(800))  # 0: all
+
+
+def test_the_side_by_side_explanation_gives_the_numbers_of_the_steps_one_after_another():
+    from motex_db.contributions import contribution_convergence, explain_with_convergence
+
+    texts, _ = sample_uniform_masks(N_ATOMS, 600, np.random.default_rng(9))
+    masks = masks_from_text(texts, N_ATOMS)
+    rwp = 0.5 - 0.02 * masks[:, GOOD].sum(axis=1) + 0.015 * masks[:, BAD].sum(axis=1) \
+        + 0.005 * np.random.default_rng(10).standard_normal(len(masks))
+    result = learning.train_surrogate(masks, rwp, seed=2, n_iter=1)
+    X = learning.features(masks)[result.train_idx][:300]
+    values, found, parts = explain_with_convergence(result.model, X, masks, rwp, result.hyperparameters, 2, 200)
+    np.testing.assert_array_equal(values, explain.shap_values(result.model, X))
+    np.testing.assert_array_equal(found.contribution, explain.atom_contributions(values, X).contribution)
+    alone = contribution_convergence(masks, rwp, result.hyperparameters, 2, found.contribution, 200)
+    assert set(parts) == set(alone) == {"half", "three_quarters"}
+    for name, part in parts.items():
+        assert part["n_motifs"] == alone[name]["n_motifs"] == int(len(rwp) * explain.CONVERGENCE_FRACTIONS[name])
+        np.testing.assert_array_equal(part["contribution"], alone[name]["contribution"])
+        assert part["sign_changes"] == alone[name]["sign_changes"] \
+            == int(np.sum(np.sign(part["contribution"]) != np.sign(found.contribution)))
+    # the convergence models are the trees the full final fit keeps, without its curve
+    n = parts["half"]["n_motifs"]
+    train_idx, _ = learning.split(n, 2)
+    X_half, y_half = learning.features(masks[:n])[train_idx], rwp[:n][train_idx]
+    params = {k: result.hyperparameters[k] for k in learning.SearchSpace().names()}
+    final = learning.train_final(X_half, y_half, params, 2)
+    bare = learning.fit_booster(X_half, y_half, params, 2)
+    assert bare.num_boosted_rounds() == final.best_iteration + 1
+    np.testing.assert_array_equal(explain.shap_values(bare, X_half), explain.shap_values(final.model, X_half))
