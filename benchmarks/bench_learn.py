@@ -112,8 +112,7 @@ def compare(url: str, n_permutable: int, folder: Path) -> None:
         result = surrogate.train_surrogate(masks, rwp, seed=0)
         X = surrogate.features(masks)[result.train_idx]
         X = X[contributions.shap_rows(len(X), 0)]
-        found = contributions.atom_contributions(contributions.shap_values(result.model, X), X)
-        contributions.contribution_convergence(masks, rwp, result.hyperparameters, 0, found.contribution)
+        _, found, _ = contributions.explain_with_convergence(result.model, X, masks, rwp, result.hyperparameters, 0)
         return result, found
 
     figures = {}

@@ -200,6 +200,7 @@ def _new_store(scratch: Path) -> None:
 
     template = _template_path()
     if template is not None:
+        _remove_stale_scratch(template.parent)
         try:
             if not template.exists():
                 making = template.with_name(f"{template.name}.creating-{os.getpid()}")
@@ -217,6 +218,20 @@ def _new_store(scratch: Path) -> None:
             template.unlink(missing_ok=True)  # not a whole store: made anew next time
         scratch.unlink(missing_ok=True)
     _migrate_sqlite_file(scratch)
+
+
+# A template's scratch file older than this was left by a creation killed
+# before its rename (a creation takes seconds). Age, not the pid in its name,
+# decides: a cache folder may be shared by machines, whose pids mean nothing here.
+STALE_SCRATCH_SECONDS = 3600.0
+
+
+def _remove_stale_scratch(folder: Path) -> None:
+    """Delete the scratch files of template creations that were killed (see :data:`STALE_SCRATCH_SECONDS`)."""
+    for leftover in folder.glob("mlflow-*.db.creating-*"):
+        with contextlib.suppress(OSError):  # gone meanwhile, or not ours to delete
+            if time.time() - leftover.stat().st_mtime > STALE_SCRATCH_SECONDS:
+                leftover.unlink()
 
 
 def _finish_half_done_migration(path: Path) -> None:

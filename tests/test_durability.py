@@ -382,8 +382,15 @@ def test_new_stores_copy_one_template_made_whole_or_not_at_all(tmp_path, monkeyp
     _kill_during(subprocess.Popen([sys.executable, "-c", CREATE_STORE, f"sqlite:///{first / 'motex.db'}"]),
                  cache, "*.creating-*")
     assert not list(cache.glob("*.db")) and not (first / "mlflow.db").exists()
+    (killed,) = cache.glob("*.creating-*")
+    # an hour on, the killed creation's scratch file is deleted; a creation under way elsewhere is left alone
+    aged = time.time() - tracking.STALE_SCRATCH_SECONDS - 60
+    os.utime(killed, (aged, aged))
+    busy = cache / f"{killed.name.rsplit('-', 1)[0]}-99999999"
+    busy.write_bytes(b"")
     tracking.open_tracker(f"sqlite:///{first / 'motex.db'}")
     (template,) = cache.glob("*.db")
+    assert list(cache.glob("*.creating-*")) == [busy]
 
     def no_migrations(path):
         raise AssertionError("MLflow's migrations ran again")
