@@ -27,8 +27,10 @@ Chen & Guestrin, KDD 2016 (XGBoost).
 
 from __future__ import annotations
 
+import collections
 import math
 import os
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -357,59 +359,56 @@ def search_hyperparameters(
     kept: dict[int, FinalModel] = {}  # validation-part models of trials that may yet be chosen
     seen: dict[tuple, tuple] = {}
     best, since_best, stopped = math.inf, 0, False
-    pool = ThreadPoolExecutor(max_workers=int(n_jobs)) if n_jobs > 1 else None
     # The Gaussian process works on matrices of a few dozen rows: BLAS threads
     # only cost there (many-fold slower on a busy 2-core machine), so limit
     # them to one for the duration of the search.
-    try:
-        with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
-            # The GP's kernel fit may stop at a bound of its hyper-parameters; that
-            # is expected with few points and changes nothing for the caller.
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            while len(trials) < n_trials and not stopped:
-                started = time.time()
-                size = min(TRIALS_PER_ASK, n_trials - len(trials))
-                first = [space.start_point()] if not trials and space.start is not None else []
-                size -= len(first)
-                points = first + (optimizer.ask(n_points=size) if size > 1 else [optimizer.ask()] if size else [])
-                batch = [{name: _plain(value) for name, value in zip(names, point)} for point in points]
-                fresh = list(dict.fromkeys(tuple(p.values()) for p in batch if tuple(p.values()) not in seen))
-                jobs = [(key, part) for slot, key in enumerate(fresh) for part in parts[slot]]
-                fitted = list(pool.map(lambda job: _fit(job[1], dict(zip(names, job[0])), seed, cv == 0), jobs) if pool
-                              else (_fit(part, dict(zip(names, key)), seed, cv == 0) for key, part in jobs))
-                models = {}
-                for key in fresh:
-                    mine = [f for (k, _), f in zip(jobs, fitted) if k == key]
-                    seen[key] = (tuple(m for m, _, _ in mine), float(np.mean([r for _, r, _ in mine])))
-                    models[key] = mine[0][2]
-                finished = time.time()
-                scores = []
-                for params in batch:
-                    fold_mae, n_rounds = seen[tuple(params.values())]
-                    model = models.pop(tuple(params.values()), None)
-                    index = len(trials)
-                    trial = Trial(index=index, params=params, cv_mae=float(np.mean(fold_mae)), fold_mae=fold_mae,
-                                  n_rounds=n_rounds, started=started, finished=finished)
-                    trials.append(trial)
-                    scores.append(trial.cv_mae)
-                    if trial.cv_mae < best * (1.0 - MIN_IMPROVEMENT):
-                        since_best = 0
-                    elif index >= n_initial:
-                        since_best += 1
-                    best = min(best, trial.cv_mae)
-                    if model is not None:
-                        kept[index] = model
-                    if on_trial is not None:
-                        on_trial(index, dict(params), trial.cv_mae)
-                    if on_trial_done is not None:
-                        on_trial_done(trial)
-                kept = {i: m for i, m in kept.items() if trials[i].cv_mae <= best * (1.0 + tolerance)}
-                stopped = patience is not None and since_best >= patience and len(trials) < n_trials
-                # The last tell need not refit the GP: nothing more is asked.
-                optimizer.tell([list(p) for p in points], scores, fit=len(trials) < n_trials and not stopped)
-    finally:
-        if pool is not None:
-            pool.shutdown()
+    with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
+        # The GP's kernel fit may stop at a bound of its hyper-parameters; that
+        # is expected with few points and changes nothing for the caller.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        while len(trials) < n_trials and not stopped:
+            started = time.time()
+            size = min(TRIALS_PER_ASK, n_trials - len(trials))
+            first = [space.start_point()] if not trials and space.start is not None else []
+            size -= len(first)
+            points = first + (optimizer.ask(n_points=size) if size > 1 else [optimizer.ask()] if size else [])
+            batch = [{name: _plain(value) for name, value in zip(names, point)} for point in points]
+            fresh = list(dict.fromkeys(tuple(p.values()) for p in batch if tuple(p.values()) not in seen))
+            jobs = [(key, part) for slot, key in enumerate(fresh) for part in parts[slot]]
+            fittings = [_Boosting(part, dict(zip(names, key)), seed, cv == 0, EARLY_STOPPING_ROUNDS, MAX_ROUNDS,
+                                  1, True) for key, part in jobs]
+            _boost_all(fittings, n_jobs)
+            fitted = [fitting.result() for fitting in fittings]
+            models = {}
+            for key in fresh:
+                mine = [f for (k, _), f in zip(jobs, fitted) if k == key]
+                seen[key] = (tuple(m for m, _, _ in mine), float(np.mean([r for _, r, _ in mine])))
+                models[key] = mine[0][2]
+            finished = time.time()
+            scores = []
+            for params in batch:
+                fold_mae, n_rounds = seen[tuple(params.values())]
+                model = models.pop(tuple(params.values()), None)
+                index = len(trials)
+                trial = Trial(index=index, params=params, cv_mae=float(np.mean(fold_mae)), fold_mae=fold_mae,
+                              n_rounds=n_rounds, started=started, finished=finished)
+                trials.append(trial)
+                scores.append(trial.cv_mae)
+                if trial.cv_mae < best * (1.0 - MIN_IMPROVEMENT):
+                    since_best = 0
+                elif index >= n_initial:
+                    since_best += 1
+                best = min(best, trial.cv_mae)
+                if model is not None:
+                    kept[index] = model
+                if on_trial is not None:
+                    on_trial(index, dict(params), trial.cv_mae)
+                if on_trial_done is not None:
+                    on_trial_done(trial)
+            kept = {i: m for i, m in kept.items() if trials[i].cv_mae <= best * (1.0 + tolerance)}
+            stopped = patience is not None and since_best >= patience and len(trials) < n_trials
+            # The last tell need not refit the GP: nothing more is asked.
+            optimizer.tell([list(p) for p in points], scores, fit=len(trials) < n_trials and not stopped)
     chosen = choose_trial(trials, tolerance)
     return SearchResult(
         trials=trials, best_index=chosen.index, best_params=dict(chosen.params), best_cv_mae=chosen.cv_mae,
@@ -545,33 +544,143 @@ def _fit(part, params: dict, seed: int, curve: bool, early_stopping_rounds: int 
     evaluated (cross-validation folds) and the model is None, or with
     ``keep`` the booster cut to its best round.
     """
-    fit, held, fit_rows, held_rows = part
-    history: dict = {}
-    evals = [(fit, "train"), (held, "validation")] if curve and train_curve else [(held, "validation")]
-    booster = xgb.train(
-        {**_FIXED_PARAMS, **params, "seed": int(seed), "nthread": int(n_jobs),
-         "eval_metric": _EVAL_METRICS if curve else "mae"},
-        fit, num_boost_round=int(max_rounds), evals=evals, evals_result=history,
-        early_stopping_rounds=int(early_stopping_rounds), verbose_eval=False,
-    )
-    best_iteration = int(booster.best_iteration)
-    mae = float(history["validation"]["mae"][best_iteration])
-    if not curve:
-        return mae, best_iteration + 1, booster[: best_iteration + 1] if keep else None
-    # Keep the best model only: its JSON, its predictions and its SHAP values
-    # then all describe the same trees, whoever loads it.
-    text = _booster_json(booster[: best_iteration + 1])
-    final = FinalModel(
-        model=model_from_json(text),
-        model_json=text,
-        best_iteration=best_iteration,
-        n_rounds_run=len(history["validation"]["mae"]),
-        learning_curve={side: {m: [float(v) for v in history[side][m]] for m in _EVAL_METRICS} for side in history},
-        fit_idx=fit_rows,
-        validation_idx=held_rows,
-        hyperparameters={**_FIXED_PARAMS, **params, "n_estimators": best_iteration + 1, "random_state": int(seed)},
-    )
-    return mae, best_iteration + 1, final
+    fitting = _Boosting(part, params, seed, curve, early_stopping_rounds, max_rounds, n_jobs, train_curve)
+    fitting.advance(max_rounds)
+    return fitting.result(keep)
+
+
+class _Boosting:
+    """One boosted fit of a scoring part with early stopping, advanced a number of rounds at a time.
+
+    Round for round what ``xgb.train`` does with ``evals`` and
+    ``early_stopping_rounds`` (and nothing else): the same update, the same
+    evaluation after it, the same rule (the best round is the first with the
+    lowest value of the last metric on the last evaluation set; training
+    stops ``early_stopping_rounds`` rounds after it), hence the same trees
+    and curves (tested against ``xgb.train``). Written out so that a thread
+    can take turns between the fits of a batch (:func:`_boost_all`).
+    """
+
+    def __init__(self, part, params: dict, seed: int, curve: bool, early_stopping_rounds: int,
+                 max_rounds: int, n_jobs: int, train_curve: bool):
+        fit, held, self.fit_rows, self.held_rows = part
+        self.curve = curve
+        self.fit_data = fit
+        self.evals = [(fit, "train"), (held, "validation")] if curve and train_curve else [(held, "validation")]
+        self.params = params
+        self.seed = seed
+        self.booster = xgb.Booster(
+            {**_FIXED_PARAMS, **params, "seed": int(seed), "nthread": int(n_jobs),
+             "eval_metric": _EVAL_METRICS if curve else "mae"},
+            [fit] + [data for data, _ in self.evals],
+        )
+        self.patience = int(early_stopping_rounds)
+        self.max_rounds = int(max_rounds)
+        self.history: dict = {}
+        self.rounds = 0
+        self.best_iteration = -1
+        self.best_score = math.inf
+        self.done = False
+
+    def advance(self, n_rounds: int) -> bool:
+        """Boost up to ``n_rounds`` more rounds; True once the fit has stopped."""
+        for _ in range(n_rounds):
+            if self.done:
+                break
+            iteration = self.rounds
+            self.booster.update(self.fit_data, iteration)
+            score = math.nan
+            for item in self.booster.eval_set(self.evals, iteration).split()[1:]:
+                name, value = item.split(":")
+                data, metric = name.split("-", 1)
+                score = float(value)
+                self.history.setdefault(data, {}).setdefault(metric, []).append(score)
+            self.rounds += 1
+            if self.best_iteration < 0 or score < self.best_score:
+                self.best_iteration, self.best_score = iteration, score
+            self.done = iteration - self.best_iteration >= self.patience or self.rounds >= self.max_rounds
+        return self.done
+
+    def result(self, keep: bool = False) -> tuple[float, int, object]:
+        """(held-out MAE, trees kept, model) of the stopped fit; see :func:`_fit`."""
+        best = self.best_iteration
+        mae = float(self.history["validation"]["mae"][best])
+        if not self.curve:
+            return mae, best + 1, self.booster[: best + 1] if keep else None
+        # Keep the best model only: its JSON, its predictions and its SHAP values
+        # then all describe the same trees, whoever loads it.
+        text = _booster_json(self.booster[: best + 1])
+        self.booster = None  # the training caches go with it
+        final = FinalModel(
+            model=model_from_json(text),
+            model_json=text,
+            best_iteration=best,
+            n_rounds_run=len(self.history["validation"]["mae"]),
+            learning_curve={side: {m: [float(v) for v in self.history[side][m]] for m in _EVAL_METRICS}
+                            for side in self.history},
+            fit_idx=self.fit_rows,
+            validation_idx=self.held_rows,
+            hyperparameters={**_FIXED_PARAMS, **self.params, "n_estimators": best + 1,
+                             "random_state": int(self.seed)},
+        )
+        return mae, best + 1, final
+
+
+# Rounds a fit of a batch boosts before it gives its core to the next fit.
+ROUNDS_PER_TURN = 100
+
+
+def _boost_all(fittings: list[_Boosting], n_jobs: int) -> None:
+    """Run every fit to its stop, ``n_jobs`` at a time, taking turns of :data:`ROUNDS_PER_TURN` rounds.
+
+    Fits of a batch stop after very different numbers of rounds. Given a core
+    each until done, two long fits at the end of a batch ran on one core
+    while the other waited (72 W: a third of the search); taking turns, every
+    core works while at least as many fits are left as cores. Each fit runs
+    on a thread of its own, start to end (XGBoost draws its row subsamples
+    from a generator per thread, seeded when the fit starts), and the turns
+    only decide when it runs, so its trees do not depend on them.
+    """
+    if len(fittings) <= 1 or n_jobs <= 1:
+        for fitting in fittings:
+            fitting.advance(fitting.max_rounds)
+        return
+    turns = threading.Condition()
+    queue: collections.deque = collections.deque()  # fits waiting for a core, in the order they asked
+    running = [0]
+    failed: list[BaseException] = []
+
+    def work(fitting: _Boosting) -> None:
+        try:
+            while not failed:
+                with turns:
+                    queue.append(fitting)
+                    turns.wait_for(lambda: failed or (running[0] < n_jobs and queue[0] is fitting))
+                    if failed:
+                        return
+                    queue.popleft()
+                    running[0] += 1
+                    turns.notify_all()
+                try:
+                    if fitting.advance(ROUNDS_PER_TURN):
+                        return
+                finally:
+                    with turns:
+                        running[0] -= 1
+                        turns.notify_all()
+        except BaseException as exc:
+            with turns:
+                failed.append(exc)
+                turns.notify_all()
+
+    threads = [threading.Thread(target=work, args=(fitting,), name=f"fit {i}", daemon=True)
+               for i, fitting in enumerate(fittings)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failed:
+        raise failed[0]
 
 
 def evaluate(model: xgb.XGBRegressor, X_test: np.ndarray, y_test: np.ndarray) -> dict:

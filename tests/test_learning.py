@@ -293,3 +293,33 @@ def test_a_fit_without_its_training_side_curve_is_the_same_model(catalogue):
     assert learning.model_to_json(lean.model) == learning.model_to_json(whole.model)
     assert set(lean.learning_curve) == {"validation"} and set(whole.learning_curve) == {"train", "validation"}
     assert lean.learning_curve["validation"] == whole.learning_curve["validation"]
+
+
+@pytest.mark.parametrize("params", [
+    {"learning_rate": 0.3, "max_depth": 3, "min_child_weight": 2.0, "subsample": 0.9},
+    {"learning_rate": 0.6, "max_depth": 6, "min_child_weight": 1.0, "subsample": 0.5},
+])
+def test_fits_taking_turns_on_threads_are_xgboosts_own_early_stopping(catalogue, params):
+    """The search's fits advance a turn of rounds at a time, on whichever thread is free: every fit is still,
+    tree for tree and value for value, what xgb.train with early stopping gives."""
+    import xgboost as xgb
+
+    from motex_db import surrogate
+
+    masks, rwp = catalogue
+    X, y = learning.features(masks[:600]), rwp[:600]
+    fit_rows, held_rows = surrogate._validation_split(len(y), 4)
+    parts = [surrogate._part(X, y, fit_rows, held_rows) for _ in range(3)]
+    history: dict = {}
+    reference = xgb.train(
+        {**surrogate._FIXED_PARAMS, **params, "seed": 4, "nthread": 1, "eval_metric": surrogate._EVAL_METRICS},
+        parts[0][0], num_boost_round=surrogate.MAX_ROUNDS, evals=[(parts[0][0], "train"), (parts[0][1], "validation")],
+        evals_result=history, early_stopping_rounds=surrogate.EARLY_STOPPING_ROUNDS, verbose_eval=False)
+    fittings = [surrogate._Boosting(part, params, 4, True, surrogate.EARLY_STOPPING_ROUNDS, surrogate.MAX_ROUNDS, 1,
+                                    True) for part in parts]
+    surrogate._boost_all(fittings, n_jobs=2)  # three fits, two threads: they change threads between turns
+    for fitting in fittings:
+        mae, n_trees, final = fitting.result()
+        assert n_trees == reference.best_iteration + 1 and final.best_iteration == reference.best_iteration
+        assert final.model_json == surrogate._booster_json(reference[: reference.best_iteration + 1])
+        assert final.learning_curve == history and mae == history["validation"]["mae"][reference.best_iteration]
