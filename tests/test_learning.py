@@ -323,3 +323,24 @@ def test_fits_taking_turns_on_threads_are_xgboosts_own_early_stopping(catalogue,
         assert n_trees == reference.best_iteration + 1 and final.best_iteration == reference.best_iteration
         assert final.model_json == surrogate._booster_json(reference[: reference.best_iteration + 1])
         assert final.learning_curve == history and mae == history["validation"]["mae"][reference.best_iteration]
+
+
+def test_a_fit_that_fails_while_others_take_turns_raises_its_error_and_nothing_hangs(catalogue):
+    from motex_db import surrogate
+
+    masks, rwp = catalogue
+    X, y = learning.features(masks[:300]), rwp[:300]
+    fit_rows, held_rows = surrogate._validation_split(len(y), 1)
+    params = {"learning_rate": 0.3, "max_depth": 3, "min_child_weight": 2.0, "subsample": 0.9}
+    fittings = [surrogate._Boosting(surrogate._part(X, y, fit_rows, held_rows), params, 1, True, 50, 3000, 1, True)
+                for _ in range(3)]
+
+    class Broken(RuntimeError):
+        pass
+
+    def broken(n_rounds):
+        raise Broken("a fit that cannot go on")
+
+    fittings[1].advance = broken
+    with pytest.raises(Broken):
+        surrogate._boost_all(fittings, n_jobs=2)
