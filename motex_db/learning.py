@@ -367,7 +367,8 @@ def _trial_logger(tracker, run_id: str, structure: str, dataset: str, fit_config
 
     def log(trial: Trial) -> None:
         tracker.log_child(run_id, f"trial {trial.index}", tags, trial.params,
-                          {"cv_mae": trial.cv_mae, "n_rounds": trial.n_rounds}, trial.started, trial.finished)
+                          {"cv_mae": trial.cv_mae, "n_rounds": trial.n_rounds, "pruned": float(trial.pruned)},
+                          trial.started, trial.finished)
 
     return log
 
@@ -479,6 +480,7 @@ def train_model(
             result = train_surrogate(
                 masks, rwp, seed=seed, n_iter=n_iter, cv=cv, on_trial=on_trial,
                 patience=None if full_search else PATIENCE, tolerance=0.0 if full_search else COST_TOLERANCE,
+                prune=not full_search,
                 on_trial_done=_trial_logger(tracker, run_id, structure, dataset, config_id, len(rwp)),
             )
         except BaseException:

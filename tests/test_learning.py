@@ -344,3 +344,59 @@ def test_a_fit_that_fails_while_others_take_turns_raises_its_error_and_nothing_h
     fittings[1].advance = broken
     with pytest.raises(Broken):
         surrogate._boost_all(fittings, n_jobs=2)
+
+
+def _interacting_catalogue():
+    """Rwp driven by three-atom interactions: shallow or slow candidates stay far behind the good ones."""
+    texts, _ = sample_uniform_masks(N_ATOMS, 2000, np.random.default_rng(1))
+    m = masks_from_text(texts, N_ATOMS)
+    rwp = 0.5 - 0.04 * (m[:, 0] & m[:, 1] & m[:, 2]) - 0.04 * (m[:, 3] & m[:, 4] & ~m[:, 5]) \
+        + 0.002 * (m.sum(axis=1) - 6) ** 2 + 0.003 * np.random.default_rng(5).standard_normal(len(m))
+    return learning.features(m), rwp
+
+
+def test_a_trial_that_cannot_come_near_the_best_is_pruned_and_nothing_else_changes():
+    X, y = _interacting_catalogue()
+    pruned = learning.search_hyperparameters(X, y, seed=1, n_iter=4, n_jobs=2)
+    whole = learning.search_hyperparameters(X, y, seed=1, n_iter=4, n_jobs=2, prune=False)
+    assert [t.params for t in pruned.trials] == [t.params for t in whole.trials]
+    stopped = [t.index for t in pruned.trials if t.pruned]
+    assert stopped and not any(t.pruned for t in whole.trials)
+    # only trials after the first step, against the best of the steps before them
+    mark = min(t.cv_mae for t in whole.trials[:learning.TRIALS_PER_ASK]) * (1 + learning.COST_TOLERANCE)
+    for mine, full in zip(pruned.trials, whole.trials):
+        if mine.pruned:
+            assert mine.index >= learning.TRIALS_PER_ASK
+            assert mine.n_rounds < full.n_rounds and mine.cv_mae >= full.cv_mae > mark  # it could not have come near
+        else:
+            assert (mine.cv_mae, mine.n_rounds) == (full.cv_mae, full.n_rounds)
+    assert pruned.best_index == whole.best_index and pruned.lowest_cv_mae == whole.lowest_cv_mae
+    assert learning.model_to_json(pruned.final.model) == learning.model_to_json(whole.final.model)
+    # the turns do not decide what is pruned
+    alone = learning.search_hyperparameters(X, y, seed=1, n_iter=4, n_jobs=1)
+    assert [t.as_dict() | {"started": 0, "finished": 0} for t in alone.trials] \
+        == [t.as_dict() | {"started": 0, "finished": 0} for t in pruned.trials]
+    # cross-validated trials and the exhaustive search are never pruned
+    assert not any(t.pruned for t in learning.search_hyperparameters(X[:600], y[:600], seed=1, n_iter=4, cv=2).trials)
+
+
+def test_a_pruned_fit_is_the_same_fit_stopped_at_a_check():
+    from motex_db import surrogate
+
+    X, y = _interacting_catalogue()
+    fit_rows, held_rows = surrogate._validation_split(len(y), 1)
+    params = {"learning_rate": 0.1, "max_depth": 2, "min_child_weight": 2.7, "subsample": 0.9}  # far behind depth 3
+
+    def fitting(stop_above):
+        return surrogate._Boosting(surrogate._part(X, y, fit_rows, held_rows), params, 1, True,
+                                   surrogate.EARLY_STOPPING_ROUNDS, surrogate.MAX_ROUNDS, 1, True, stop_above)
+
+    whole = fitting(None)
+    whole.advance(surrogate.MAX_ROUNDS)
+    cut = fitting(0.003)  # the good candidates' validation MAE is 0.0025
+    cut.advance(surrogate.MAX_ROUNDS)
+    assert cut.pruned and not whole.pruned
+    assert cut.rounds % surrogate.PRUNE_EVERY == 0 and cut.rounds < whole.rounds
+    n = cut.rounds
+    assert cut.history["validation"]["mae"] == whole.history["validation"]["mae"][:n]
+    assert min(whole.history["validation"]["mae"]) > cut.stop_above
