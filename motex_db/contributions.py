@@ -50,6 +50,10 @@ CONFIDENCE_CAP = 1e6
 def shap_values(model, X: np.ndarray, n_jobs: Optional[int] = None) -> np.ndarray:
     """TreeSHAP values of an XGBoost model for every row of X: (n, N + 1) floats, Rwp units.
 
+    ``model`` is an XGBRegressor, a Booster, or a model's JSON text as the
+    record stores it (then nothing is loaded into XGBoost unless the model is
+    too deep for the polynomial form).
+
     Exact Shapley values of the trees as trained, "tree path dependent": the
     "missing feature" expectation is taken over the training motifs that
     reached each node (the trees' own cover counts). It needs no background
@@ -65,21 +69,27 @@ def shap_values(model, X: np.ndarray, n_jobs: Optional[int] = None) -> np.ndarra
     """
     import xgboost as xgb
 
+    from motex_db.surrogate import model_from_json
     from motex_db.treeshap import polynomial
 
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
         raise InputError(f"Features must form an (n motifs, N + 1) array, not shape {X.shape}.")
-    n_features = getattr(model, "n_features_in_", None)
-    if n_features is not None and X.shape[1] != n_features:
+    text = model if isinstance(model, str) else None
+    booster = None if text is not None else model.get_booster() if hasattr(model, "get_booster") else model
+    # A missing value would take the trees' default branch, which only XGBoost's walk follows.
+    form = None
+    if np.all(np.isfinite(X)):
+        form = polynomial(text if text is not None else bytes(booster.save_raw("json")).decode("utf-8"))
+    if booster is None and form is None:
+        booster = model_from_json(text).get_booster()
+    n_features = form.n_features if form is not None else booster.num_features()
+    if X.shape[1] != n_features:
         raise InputError(
             f"The model was trained on {n_features} features (N + 1) but the motifs have {X.shape[1]}."
         )
-    booster = model.get_booster() if hasattr(model, "get_booster") else model
-    if np.all(np.isfinite(X)):  # a missing value would take the trees' default branch
-        form = polynomial(bytes(booster.save_raw("json")).decode("utf-8"))
-        if form is not None and form.n_features == X.shape[1]:
-            return form.shap_values(X)
+    if form is not None:
+        return form.shap_values(X)
     # The stored models say one thread (training is deterministic with any
     # count); the explanation may use every core, and then gives the model
     # back as it was (a copy of a booster of thousands of trees costs more).
@@ -260,8 +270,9 @@ def explain_with_convergence(
     :func:`contribution_convergence` one after the other (the same numbers),
     but all three models' work runs side by side, every TreeSHAP on every
     core, so that no core waits while the longer convergence model finishes
-    (48 W, 10^4 motifs: `explain` 12.6 s against 15.2 s, docs/learning.md). Returns
-    (SHAP values, contributions, convergence parts).
+    (48 W, 10^4 motifs: `explain` 12.6 s against 15.2 s, docs/learning.md).
+    ``model`` as :func:`shap_values` takes it. Returns (SHAP values,
+    contributions, convergence parts).
     """
     cores = os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=len(CONVERGENCE_FRACTIONS) + 1) as pool:

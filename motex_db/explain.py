@@ -148,7 +148,7 @@ def explain_model(
     from motex_db.fitting.refine import motif_atoms
     from motex_db.fitting.settings import FitSettings
     from motex_db.fitting.work import FitJob, best_fit, fit_motifs_now, prepare_fit
-    from motex_db.learning import EXTRACTED_SAMPLER_PREFIX, model_from_json, run_once
+    from motex_db.learning import EXTRACTED_SAMPLER_PREFIX, run_once
     from motex_db.models import AtomContribution, FitConfig, FitResult, Motif, TrainedModel
     from motex_db.structures import get_starting_model, permutable_flags
 
@@ -162,12 +162,11 @@ def explain_model(
     perm_elements = [e for e, f in zip(model.elements, flags) if f]
     X_train = training.X_train
     X_explained = X_train[shap_rows(len(X_train), trained.seed, shap_motifs)]
-    surrogate = model_from_json(trained.model)
     computed: dict = {}
 
     def compute():
         shap_matrix, found, parts = explain_with_convergence(
-            surrogate, X_explained, training.masks, training.rwp, trained.hyperparameters, trained.seed, shap_motifs)
+            trained.model, X_explained, training.masks, training.rwp, trained.hyperparameters, trained.seed, shap_motifs)
         convergence = {name: {k: v for k, v in part.items() if k != "contribution"} for name, part in parts.items()}
         with transaction(engine) as session:
             session.add_all([
@@ -201,7 +200,7 @@ def explain_model(
     # the SHAP values the files and plots show: computed now, or again for a model explained before
     shap_matrix = computed.get("shap")
     if shap_matrix is None:
-        shap_matrix = shap_values(surrogate, X_explained)
+        shap_matrix = shap_values(trained.model, X_explained)
 
     keep = frame["contribution"].to_numpy() < 0
     if min_confidence is not None:
@@ -555,13 +554,12 @@ def _explain_frame(engine, row, n_permutable: int, perm_elements: list, shap_mot
     from sqlmodel import Session
 
     from motex_db.db import transaction
-    from motex_db.learning import model_from_json
     from motex_db.models import AtomContribution, TrainedModel
 
     with Session(engine) as session:
         X_train = _training_set(session, row, n_permutable).X_train
     X_train = X_train[shap_rows(len(X_train), row.seed, shap_motifs)]
-    found = atom_contributions(shap_values(model_from_json(row.model), X_train, n_jobs=shap_threads), X_train)
+    found = atom_contributions(shap_values(row.model, X_train, n_jobs=shap_threads), X_train)
     with transaction(engine) as session:
         session.add_all([
             AtomContribution(trained_model_id=row.id, atom_index=int(i), element=e, contribution=float(c),

@@ -565,7 +565,7 @@ def train_frame(X: np.ndarray, rwp: np.ndarray, params: dict, seed: int) -> tupl
     """
     train_idx, test_idx = split(len(rwp), seed)
     final = train_final(X[train_idx], rwp[train_idx], params, seed, train_curve=False)
-    metrics = {**evaluate(final.model, X[test_idx], rwp[test_idx]), "best_iteration": final.best_iteration}
+    metrics = {**evaluate(final, X[test_idx], rwp[test_idx]), "best_iteration": final.best_iteration}
     return final.model_json, final.hyperparameters, metrics, final.learning_curve
 
 

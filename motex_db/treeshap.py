@@ -104,24 +104,26 @@ class SplitPolynomial:
 def polynomial(model_json: str, max_terms: int = MAX_TERMS) -> Optional[SplitPolynomial]:
     """The :class:`SplitPolynomial` of an XGBoost model (its JSON text), or None where it does not apply.
 
-    None for anything but a plain regression ``gbtree`` with numerical
-    splits, and for ensembles whose polynomial would exceed ``max_terms``
+    None for text that is not an XGBoost model, for anything but a plain
+    regression ``gbtree`` with numerical splits, and for ensembles whose
+    polynomial would exceed ``max_terms``
     (leaf, subset) pairs: XGBoost's own TreeSHAP is the one to use then.
     """
-    learner = json.loads(model_json)["learner"]
-    booster = learner["gradient_booster"]
-    if booster.get("name") != "gbtree" or int(learner["learner_model_param"].get("num_target", 1)) > 1:
+    try:
+        learner = json.loads(model_json)["learner"]
+        booster = learner["gradient_booster"]
+        if booster.get("name") != "gbtree" or int(learner["learner_model_param"].get("num_target", 1)) > 1:
+            return None
+        model = booster["model"]
+        if int(model["gbtree_model_param"].get("num_parallel_tree", 1)) != 1:
+            return None
+        trees = model["trees"]
+        n_features = int(learner["learner_model_param"]["num_feature"])
+        if not trees or any(any(t["split_type"]) for t in trees):
+            return None
+        paths = _leaf_paths(trees)
+    except (ValueError, KeyError, TypeError):  # not an XGBoost model: the caller's loader says why
         return None
-    model = booster["model"]
-    if int(model["gbtree_model_param"].get("num_parallel_tree", 1)) != 1:
-        return None
-    trees = model["trees"]
-    n_features = int(learner["learner_model_param"]["num_feature"])
-    if not trees:
-        return None
-    if any(any(t["split_type"]) for t in trees):
-        return None
-    paths = _leaf_paths(trees)
     if paths is None:
         return None
     value, column, threshold, left, ratio, valid = paths

@@ -184,6 +184,11 @@ def test_model_json_round_trips_to_identical_predictions(trained, catalogue):
     assert json.loads(trained.model_json)["learner"]["learner_model_param"]["num_feature"] == str(N_ATOMS + 1)
     with pytest.raises(InputError, match="XGBoost"):
         learning.model_from_json('{"not": "a model"}')
+    # a fit predicts with its trees as fitted what its JSON, loaded, predicts
+    params = {"learning_rate": 0.3, "max_depth": 4, "min_child_weight": 1.0, "subsample": 0.7}
+    final = learning.train_final(X[:800], catalogue[1][:800], params, seed=2)
+    np.testing.assert_array_equal(final.predict(X), learning.model_from_json(final.model_json).predict(X))
+    assert learning.evaluate(final, X[800:], catalogue[1][800:]) == learning.evaluate(final.model, X[800:], catalogue[1][800:])
 
 
 def test_evaluate_against_hand_computed_scores():

@@ -11,6 +11,7 @@ import pytest
 import xgboost as xgb
 
 from motex_db import contributions, treeshap
+from motex_db.errors import InputError
 
 
 def _motifs(n: int, n_atoms: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -104,11 +105,20 @@ def test_shap_values_use_the_polynomial_and_leave_deep_or_other_models_to_xgboos
     shallow = _booster(X, y, depth=3, rounds=100)
     np.testing.assert_array_equal(contributions.shap_values(shallow, X[:50]),
                                   treeshap.polynomial(_text(shallow)).shap_values(X[:50]))
+    # the record's JSON text explains the same, without loading the model into XGBoost
+    np.testing.assert_array_equal(contributions.shap_values(_text(shallow), X[:50]),
+                                  contributions.shap_values(shallow, X[:50]))
+    with pytest.raises(InputError, match="XGBoost"):
+        contributions.shap_values('{"not": "a model"}', X[:5])
+    with pytest.raises(InputError, match="17 features"):
+        contributions.shap_values(_text(shallow), X[:5, :-1])
     # too many terms: XGBoost's TreeSHAP, the same values
     deep = _booster(X, y, depth=8, rounds=300)
     assert treeshap.polynomial(_text(deep)) is None
     np.testing.assert_array_equal(contributions.shap_values(deep, X[:50]),
                                   deep.predict(xgb.DMatrix(X[:50]), pred_contribs=True)[:, :-1])
+    np.testing.assert_array_equal(contributions.shap_values(_text(deep), X[:50]),
+                                  contributions.shap_values(deep, X[:50]))
     # not a plain tree ensemble
     linear = xgb.train({"booster": "gblinear"}, xgb.DMatrix(X, label=y), 5)
     assert treeshap.polynomial(_text(linear)) is None
