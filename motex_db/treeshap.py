@@ -119,7 +119,8 @@ def polynomial(model_json: str, max_terms: int = MAX_TERMS) -> Optional[SplitPol
             return None
         trees = model["trees"]
         n_features = int(learner["learner_model_param"]["num_feature"])
-        if not trees or any(any(t["split_type"]) for t in trees):
+        # Categorical splits, and nodes a pruner marked deleted but left in place, are XGBoost's to walk.
+        if not trees or any(any(t["split_type"]) or int(t["tree_param"].get("num_deleted", 0)) for t in trees):
             return None
         paths = _leaf_paths(trees)
     except (ValueError, KeyError, TypeError):  # not an XGBoost model: the caller's loader says why
