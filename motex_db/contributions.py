@@ -77,9 +77,10 @@ def shap_values(model, X: np.ndarray, n_jobs: Optional[int] = None) -> np.ndarra
         raise InputError(f"Features must form an (n motifs, N + 1) array, not shape {X.shape}.")
     text = model if isinstance(model, str) else None
     booster = None if text is not None else model.get_booster() if hasattr(model, "get_booster") else model
-    # A missing value would take the trees' default branch, which only XGBoost's walk follows.
+    # A missing value would take the trees' default branch, which only XGBoost's walk follows
+    # (and XGBoost refuses what float32 cannot hold).
     form = None
-    if np.all(np.isfinite(X)):
+    if np.all(np.abs(X) <= np.finfo(np.float32).max):
         form = polynomial(text if text is not None else bytes(booster.save_raw("json")).decode("utf-8"))
     if booster is None and form is None:
         booster = model_from_json(text).get_booster()

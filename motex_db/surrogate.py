@@ -342,11 +342,14 @@ def search_hyperparameters(
 
     With ``prune`` (and ``cv=0``), a trial that cannot come within
     ``tolerance`` of the lowest score of the earlier steps is stopped
-    (:data:`PRUNE_EVERY`). Such a trial could be neither the lowest nor the
-    chosen one, and could not lower the best score, so the choice and the
-    stopping rule see the same numbers; the Gaussian process is told the
+    (:data:`PRUNE_EVERY`). As long as its validation curve flattens as
+    boosting curves do (no trial on the catalogues measured in
+    docs/learning.md did otherwise), such a trial could be neither the lowest
+    nor the chosen one and could not lower the best score, so the choice and
+    the stopping rule see the same numbers; the Gaussian process is told the
     score the trial had reached, which can steer its later proposals
-    differently.
+    differently. ``learning.train_model`` turns it off for the exhaustive
+    search.
 
     ``on_trial(index, params, cv_mae)`` and ``on_trial_done(trial)`` are
     called after each trial (index 0-based). ``n_jobs`` is how many fits run

@@ -67,8 +67,9 @@ class SplitPolynomial:
     does. ``monomials`` (n monomials, depth) lists the conditions of each
     monomial (-1 pads; an empty row is the constant monomial).
     ``coefficients`` is (n monomials, n features), sparse.
-    ``expected_value`` is the mean prediction over the trees' cover without
-    the base score (TreeSHAP's bias column minus the base score).
+    ``expected_value`` is the mean margin over the trees' cover, without the
+    base margin (for objectives whose margin is the prediction, as step 3's
+    squared error, TreeSHAP's bias column minus the base score).
     """
 
     n_features: int
@@ -104,21 +105,23 @@ class SplitPolynomial:
 def polynomial(model_json: str, max_terms: int = MAX_TERMS) -> Optional[SplitPolynomial]:
     """The :class:`SplitPolynomial` of an XGBoost model (its JSON text), or None where it does not apply.
 
-    None for text that is not an XGBoost model, for anything but a plain
-    regression ``gbtree`` with numerical splits, and for ensembles whose
+    None for text that is not an XGBoost model, for anything but a
+    single-output ``gbtree`` with numerical splits, and for ensembles whose
     polynomial would exceed ``max_terms``
     (leaf, subset) pairs: XGBoost's own TreeSHAP is the one to use then.
     """
     try:
         learner = json.loads(model_json)["learner"]
         booster = learner["gradient_booster"]
-        if booster.get("name") != "gbtree" or int(learner["learner_model_param"].get("num_target", 1)) > 1:
+        params = learner["learner_model_param"]
+        # One output: a multi-class or multi-target model's trees belong to different outputs.
+        if booster.get("name") != "gbtree" or int(params.get("num_target", 1)) > 1 or int(params.get("num_class", 0)):
             return None
         model = booster["model"]
         if int(model["gbtree_model_param"].get("num_parallel_tree", 1)) != 1:
             return None
         trees = model["trees"]
-        n_features = int(learner["learner_model_param"]["num_feature"])
+        n_features = int(params["num_feature"])
         # Categorical splits, and nodes a pruner marked deleted but left in place, are XGBoost's to walk.
         if not trees or any(any(t["split_type"]) or int(t["tree_param"].get("num_deleted", 0)) for t in trees):
             return None

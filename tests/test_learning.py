@@ -360,8 +360,9 @@ def _interacting_catalogue():
     return learning.features(m), rwp
 
 
-def test_a_trial_that_cannot_come_near_the_best_is_pruned_and_nothing_else_changes():
+def test_a_trial_that_cannot_come_near_the_best_is_pruned_and_the_choice_stays():
     X, y = _interacting_catalogue()
+    # two steps: the second step's proposals come from the same first step either way
     pruned = learning.search_hyperparameters(X, y, seed=1, n_iter=4, n_jobs=2)
     whole = learning.search_hyperparameters(X, y, seed=1, n_iter=4, n_jobs=2, prune=False)
     assert [t.params for t in pruned.trials] == [t.params for t in whole.trials]
@@ -381,7 +382,7 @@ def test_a_trial_that_cannot_come_near_the_best_is_pruned_and_nothing_else_chang
     alone = learning.search_hyperparameters(X, y, seed=1, n_iter=4, n_jobs=1)
     assert [t.as_dict() | {"started": 0, "finished": 0} for t in alone.trials] \
         == [t.as_dict() | {"started": 0, "finished": 0} for t in pruned.trials]
-    # cross-validated trials and the exhaustive search are never pruned
+    # cross-validated trials are never pruned
     assert not any(t.pruned for t in learning.search_hyperparameters(X[:600], y[:600], seed=1, n_iter=4, cv=2).trials)
 
 

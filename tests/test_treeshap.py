@@ -124,11 +124,21 @@ def test_shap_values_use_the_polynomial_and_leave_deep_or_other_models_to_xgboos
     assert treeshap.polynomial(_text(linear)) is None
     dart = _booster(X, y, depth=3, rounds=10, booster="dart", rate_drop=0.1)
     assert treeshap.polynomial(_text(dart)) is None
+    classes = _booster(X, np.digitize(y, np.quantile(y, [0.33, 0.66])), depth=3, rounds=5,
+                       objective="multi:softprob", num_class=3)
+    assert treeshap.polynomial(_text(classes)) is None  # trees of three outputs
+    forest = _booster(X, y, depth=3, rounds=2, num_parallel_tree=4)
+    assert treeshap.polynomial(_text(forest)) is None
     # a missing value takes a tree's default branch, which only XGBoost's walk follows
     gappy = X[:20].copy()
     gappy[3, 2] = np.nan
     np.testing.assert_array_equal(contributions.shap_values(shallow, gappy),
                                   shallow.predict(xgb.DMatrix(gappy), pred_contribs=True)[:, :-1])
+    # and a value float32 cannot hold is XGBoost's to refuse
+    huge = X[:5].copy()
+    huge[0, 1] = 1e39
+    with pytest.raises(xgb.core.XGBoostError):
+        contributions.shap_values(shallow, huge)
 
 
 def test_a_model_of_single_leaves_has_no_shares():
