@@ -62,10 +62,10 @@ _BLOCK_VALUES = 2**23  # entries of M(x) per block of motifs (64 MB as float64)
 class SplitPolynomial:
     """SHAP values of a tree ensemble as ``M(x) @ coefficients`` (see the module docstring).
 
-    ``conditions`` are (column, threshold, below): a motif satisfies one when
-    ``(x[column] < threshold) == below``, compared in float32 as XGBoost
-    does. ``monomials`` (n monomials, depth) lists the conditions of each
-    monomial (-1 pads; an empty row is the constant monomial).
+    Condition c is (``columns[c]``, ``thresholds[c]``, ``below[c]``): a motif
+    meets it when ``(x[column] < threshold) == below``, compared in float32 as
+    XGBoost does. ``monomials`` (n monomials, depth) lists the conditions of
+    each monomial (-1 pads; an empty row is the constant monomial).
     ``coefficients`` is (n monomials, n features), sparse.
     ``expected_value`` is the mean margin over the trees' cover, without the
     base margin (for objectives whose margin is the prediction, as step 3's
@@ -107,8 +107,8 @@ def polynomial(model_json: str, max_terms: int = MAX_TERMS) -> Optional[SplitPol
 
     None for text that is not an XGBoost model, for anything but a
     single-output ``gbtree`` with numerical splits, and for ensembles whose
-    polynomial would exceed ``max_terms``
-    (leaf, subset) pairs: XGBoost's own TreeSHAP is the one to use then.
+    polynomial would exceed ``max_terms`` (leaf, subset) pairs: XGBoost's own
+    TreeSHAP is the one to use then.
     """
     try:
         learner = json.loads(model_json)["learner"]
@@ -193,7 +193,8 @@ def _build(n_features, value, column, threshold, left, ratio, valid) -> SplitPol
 
     # Conditions, numbered; a path position's condition and each subset's monomial.
     # One integer per condition: column, the threshold's 32 bits, the side.
-    key = (column[valid] << 33) | (threshold[valid].view(np.uint32).astype(np.int64) << 1) | left[valid]
+    bits = threshold[valid].astype(np.float32).view(np.uint32).astype(np.int64)
+    key = (column[valid] << 33) | (bits << 1) | left[valid]
     codes, numbered = np.unique(key, return_inverse=True)
     condition_of = np.full((n_leaves, depth), -1)
     condition_of[valid] = numbered.ravel()
@@ -213,12 +214,10 @@ def _build(n_features, value, column, threshold, left, ratio, valid) -> SplitPol
 
     # The coefficient of each (leaf, subset Q, slot i):
     # v * prod_{real j not in Q} z_j * (w(|Q| - 1) if i in Q else -w(|Q|)).
-    size = member.sum(axis=1)[subset_index]
-    outside = np.where(member[subset_index] | ~real[leaf_index], 1.0, zero[leaf_index]).prod(axis=1)
-    d_leaf = d[leaf_index]
     inside = member[subset_index]
-    k = np.where(inside, size[:, None] - 1, size[:, None])
-    weight = _shapley_weight(k, d_leaf[:, None])
+    size = inside.sum(axis=1, keepdims=True)
+    outside = np.where(inside | ~real[leaf_index], 1.0, zero[leaf_index]).prod(axis=1)
+    weight = _shapley_weight(np.where(inside, size - 1, size), d[leaf_index, None])
     coefficient = value[leaf_index, None] * outside[:, None] * np.where(inside, weight, -weight)
     keep = real[leaf_index] & (coefficient != 0)
     matrix = scipy.sparse.coo_matrix(
