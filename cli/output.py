@@ -272,6 +272,11 @@ def print_train_outcome(outcome, ui: str | None) -> None:
         f"test set: MAE {metrics['mae']:.4f}, RMSE {metrics['rmse']:.4f}, R² {metrics['r2']:.3f} (Rwp units); "
         f"best search MAE {metrics.get('best_cv_mae', float('nan')):.4f}"
     )
+    if outcome.result is not None:
+        trials = outcome.result.trials
+        how = "it stopped once it stopped improving" if outcome.result.stopped_early else "all that were asked for"
+        console.print(f"search: {len(trials)} trials ({how}), {sum(t.pruned for t in trials)} of them pruned once "
+                      f"they could not come near the best.")
     hyper = outcome.hyperparameters
     shown = ", ".join(f"{k}={hyper[k]:.3g}" if isinstance(hyper[k], float) else f"{k}={hyper[k]}"
                       for k in ("learning_rate", "max_depth", "n_estimators", "min_child_weight", "subsample") if k in hyper)

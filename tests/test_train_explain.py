@@ -35,6 +35,7 @@ def test_train_stores_a_model_and_tracks_it_in_mlflow(motex, c60):
     assert result.exit_code == 0, result.output
     # the command that opens its runs: motex-db ui on this record (behind the venv's activation where needed)
     assert "trained model" in result.stdout and f"motex-db --db {c60} ui" in result.stdout
+    assert "search: 6 trials (all that were asked for), 0 of them pruned" in result.stdout  # cross-validated: never pruned
     (model_id, n_motifs, metrics, run_id), = query(c60, "SELECT id, n_motifs, metrics, mlflow_run_id FROM trained_model")
     metrics = json.loads(metrics) if isinstance(metrics, str) else metrics
     assert n_motifs > 1400 and {"mae", "rmse", "r2"} <= set(metrics) and metrics["mae"] < 0.1
@@ -44,7 +45,7 @@ def test_train_stores_a_model_and_tracks_it_in_mlflow(motex, c60):
     assert float(run.data.metrics["test_mae"]) == pytest.approx(metrics["mae"])
     children = tracker.client.search_runs([tracker.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
     assert len(children) == 4 + 2  # random starts + Bayesian iterations
-    assert all("cv_mae" in child.data.metrics for child in children)
+    assert all("cv_mae" in child.data.metrics and child.data.metrics["pruned"] == 0 for child in children)
     assert len(tracker.client.get_metric_history(run_id, "validation_mae")) > 1  # the loss curve
     # runs worth comparing: named by structure and dataset, with the fit's settings as params
     assert run.info.run_name == "train c60-in-carbon / c60-simulated"
