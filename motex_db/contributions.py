@@ -69,7 +69,7 @@ def shap_values(model, X: np.ndarray, n_jobs: Optional[int] = None) -> np.ndarra
     """
     import xgboost as xgb
 
-    from motex_db.surrogate import model_from_json
+    from motex_db.surrogate import model_from_json, model_to_json
     from motex_db.treeshap import polynomial
 
     X = np.asarray(X, dtype=np.float64)
@@ -81,7 +81,7 @@ def shap_values(model, X: np.ndarray, n_jobs: Optional[int] = None) -> np.ndarra
     # (and XGBoost refuses what float32 cannot hold).
     form = None
     if np.all(np.abs(X) <= np.finfo(np.float32).max):
-        form = polynomial(text if text is not None else bytes(booster.save_raw("json")).decode("utf-8"))
+        form = polynomial(text if text is not None else model_to_json(booster))
     if booster is None and form is None:
         booster = model_from_json(text).get_booster()
     n_features = form.n_features if form is not None else booster.num_features()

@@ -661,6 +661,8 @@ class _Boosting:
         """(held-out MAE, trees kept, model) of the stopped fit; see :func:`_fit`."""
         best = self.best_iteration
         mae = float(self.history["validation"]["mae"][best])
+        if self.pruned:  # it cannot be chosen: no model to keep
+            return mae, best + 1, None
         if not self.curve:
             return mae, best + 1, self.booster[: best + 1] if keep else None
         # Keep the best model only: its JSON, its predictions and its SHAP values
@@ -754,9 +756,9 @@ def evaluate(model, X_test: np.ndarray, y_test: np.ndarray) -> dict:
     }
 
 
-def model_to_json(model: xgb.XGBRegressor) -> str:
-    """The model in XGBoost's own JSON format (trees and learner parameters)."""
-    return _booster_json(model.get_booster())
+def model_to_json(model) -> str:
+    """The model (an XGBRegressor or a Booster) in XGBoost's own JSON format (trees and learner parameters)."""
+    return _booster_json(model.get_booster() if hasattr(model, "get_booster") else model)
 
 
 def model_from_json(text: str) -> xgb.XGBRegressor:
