@@ -3,6 +3,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN = $(VENV)/bin
 DEMO_DIR ?= motex-demo
+# The suite runs its test files on this many processes (pytest-xdist); most of its time is real
+# commands starting up and waiting for each other, so two overlap well even on two cores.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test venv install browser clean
 
@@ -33,7 +36,7 @@ browser:
 
 test: venv browser
 	$(BIN)/python -m pip install -q ".[test]"
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf build *.egg-info $(DEMO_DIR)

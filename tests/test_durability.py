@@ -382,10 +382,13 @@ def test_new_stores_copy_one_template_made_whole_or_not_at_all(tmp_path, monkeyp
     _kill_during(subprocess.Popen([sys.executable, "-c", CREATE_STORE, f"sqlite:///{first / 'motex.db'}"]),
                  cache, "*.creating-*")
     assert not list(cache.glob("*.db")) and not (first / "mlflow.db").exists()
-    (killed,) = cache.glob("*.creating-*")
-    # an hour on, the killed creation's scratch file is deleted; a creation under way elsewhere is left alone
+    # the scratch file, and SQLite's journal beside it where the kill fell inside a transaction
+    leftovers = list(cache.glob("*.creating-*"))
+    (killed,) = [path for path in leftovers if path.name.rsplit("-", 1)[1].isdigit()]
+    # an hour on, the killed creation's files are deleted; a creation under way elsewhere is left alone
     aged = time.time() - tracking.STALE_SCRATCH_SECONDS - 60
-    os.utime(killed, (aged, aged))
+    for path in leftovers:
+        os.utime(path, (aged, aged))
     busy = cache / f"{killed.name.rsplit('-', 1)[0]}-99999999"
     busy.write_bytes(b"")
     tracking.open_tracker(f"sqlite:///{first / 'motex.db'}")
