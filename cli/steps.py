@@ -238,26 +238,40 @@ def train(
 ) -> None:
     """Step 3: learn Rwp from atom presence (XGBoost, Bayesian hyper-parameter search), tracked in MLflow."""
     from motex_db.cli.ui import runs_hint
-    from motex_db.learning import N_INITIAL, check_search_options, train_model, train_series
+    from motex_db.tracker_process import TrackerProcess
 
     _data_or_series(data, series, workers)
-    check_search_options(n_iter, cv)  # before a progress bar is drawn
     engine = engine_of(ctx)
-    if series is not None:
-        if full_search:
-            raise InputError("--full-search applies to one dataset's search: leave it out with --series.")
-        with output.series_progress("training frames", N_INITIAL + n_iter) as (on_trial, on_frame):
-            outcome = train_series(
-                engine, structure, series, reference, fit_config, n_iter, cv, seed, mlflow_uri, on_trial, on_frame,
-                workers=workers,
-            )
-        output.print_series_train_outcome(outcome, runs_hint(ctx, mlflow_uri, outcome.ui_command))
+    if series is None:
+        # MLflow loads in its helper process while XGBoost and the fits load here
+        with TrackerProcess(engine.url.render_as_string(hide_password=False), mlflow_uri) as tracker:
+            _train_one(ctx, engine, structure, data, reference, fit_config, n_iter, cv, seed, mlflow_uri,
+                       full_search, tracker)
         return
+    from motex_db.learning import N_INITIAL, check_search_options, train_series
+
+    check_search_options(n_iter, cv)  # before a progress bar is drawn
+    if full_search:
+        raise InputError("--full-search applies to one dataset's search: leave it out with --series.")
+    with output.series_progress("training frames", N_INITIAL + n_iter) as (on_trial, on_frame):
+        outcome = train_series(
+            engine, structure, series, reference, fit_config, n_iter, cv, seed, mlflow_uri, on_trial, on_frame,
+            workers=workers,
+        )
+    output.print_series_train_outcome(outcome, runs_hint(ctx, mlflow_uri, outcome.ui_command))
+
+
+def _train_one(ctx, engine, structure, data, reference, fit_config, n_iter, cv, seed, mlflow_uri, full_search,
+               tracker) -> None:
+    from motex_db.cli.ui import runs_hint
+    from motex_db.learning import N_INITIAL, check_search_options, train_model
+
+    check_search_options(n_iter, cv)  # before a progress bar is drawn
     if reference is not None:
         raise InputError("--reference picks a frame of a series: use it with --series.")
     with output.trial_progress(N_INITIAL + n_iter) as on_trial:
         outcome = train_model(engine, structure, data, fit_config, n_iter, cv, seed, mlflow_uri, on_trial,
-                              full_search=full_search)
+                              full_search=full_search, tracker=tracker)
     output.print_train_outcome(outcome, runs_hint(ctx, mlflow_uri, outcome.ui_command))
 
 
@@ -287,9 +301,7 @@ def explain(
     """Step 4: each atom's contribution to the fit quality (SHAP), and the extracted motif, fitted."""
     import tempfile
 
-    from motex_db.explain import SHAP_MOTIFS, explain_model, log_explanation
-    from motex_db.interop import export_mlmotex_files
-    from motex_db.reports.explanation import write_explanation_files
+    from motex_db.tracker_process import TrackerProcess
 
     _data_or_series(data, series, workers)
     engine = engine_of(ctx)
@@ -298,12 +310,20 @@ def explain(
         return
     if shap_motifs is not None and shap_motifs < 0:
         raise InputError(f"--shap-motifs must be 0 (all) or more, not {shap_motifs}.")
-    outcome = explain_model(engine, structure, data, model, min_confidence,
-                            SHAP_MOTIFS if shap_motifs is None else shap_motifs)
-    with tempfile.TemporaryDirectory() as scratch:
-        files = write_explanation_files(outcome, out or Path(scratch))
-        files.update(export_mlmotex_files(engine, outcome.trained_model_id, out or Path(scratch)))
-        output.note(log_explanation(engine.url.render_as_string(hide_password=False), outcome, files, mlflow_uri))
+    # MLflow loads in its helper process while the explanation is computed and its files written here
+    with TrackerProcess(engine.url.render_as_string(hide_password=False), mlflow_uri) as tracker:
+        from motex_db.explain import SHAP_MOTIFS, explain_model, log_explanation
+        from motex_db.interop import export_mlmotex_files
+        from motex_db.reports.explanation import write_explanation_files
+
+        outcome = explain_model(engine, structure, data, model, min_confidence,
+                                SHAP_MOTIFS if shap_motifs is None else shap_motifs)
+        if outcome.mlflow_run_id:
+            tracker.open()
+        with tempfile.TemporaryDirectory() as scratch:
+            files = write_explanation_files(outcome, out or Path(scratch))
+            files.update(export_mlmotex_files(engine, outcome.trained_model_id, out or Path(scratch)))
+            output.note(log_explanation(tracker, outcome, files))
     output.print_explain_outcome(outcome, files if out else None)
     from motex_db.environments import contributions_per_environment
 

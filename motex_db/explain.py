@@ -252,20 +252,18 @@ def explain_model(
     )
 
 
-def log_explanation(record_url: str, outcome: ExplainOutcome, files: dict,
-                    mlflow_uri: Optional[str] = None) -> Optional[str]:
+def log_explanation(tracker, outcome: ExplainOutcome, files: dict) -> Optional[str]:
     """Attach the explanation's files and its figures to the trained model's MLflow run.
 
-    Metrics: the overall confidence, the extracted motif's Rwp and size (kept
-    permutable atoms) and the best sampled Rwp, so runs compare by them.
-    Returns a sentence saying why nothing was logged when the store does not
-    hold the model's run, else None.
+    ``tracker``: an open :class:`motex_db.tracking.Tracker`, or a
+    :class:`motex_db.tracker_process.TrackerProcess` sent ``open()`` (this
+    waits until it has logged everything). Metrics: the overall confidence,
+    the extracted motif's Rwp and size (kept permutable atoms) and the best
+    sampled Rwp, so runs compare by them. Returns a sentence saying why
+    nothing was logged when the store does not hold the model's run, else None.
     """
-    from motex_db.tracking import open_tracker
-
     if not outcome.mlflow_run_id:
         return None
-    tracker = open_tracker(record_url, mlflow_uri)
     if not tracker.has_run(outcome.mlflow_run_id):
         return tracker.missing_run_note(outcome.mlflow_run_id, f"trained model {outcome.trained_model_id}")
     tracker.log_values(outcome.mlflow_run_id, metrics={
@@ -274,9 +272,8 @@ def log_explanation(record_url: str, outcome: ExplainOutcome, files: dict,
         "extracted_size": outcome.extracted_mask.count("1"),
         "best_rwp": outcome.best_rwp if outcome.best_rwp is not None else float("nan"),
     })
-    with tracker.logging():
-        for path in files.values():
-            tracker.client.log_artifact(outcome.mlflow_run_id, str(path), artifact_path="explain")
+    tracker.log_artifacts(outcome.mlflow_run_id, list(files.values()), "explain")
+    tracker.flush()  # the files may be in a scratch folder
     return None
 
 

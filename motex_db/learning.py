@@ -369,6 +369,7 @@ def _trial_logger(tracker, run_id: str, structure: str, dataset: str, fit_config
         tracker.log_child(run_id, f"trial {trial.index}", tags, trial.params,
                           {"cv_mae": trial.cv_mae, "n_rounds": trial.n_rounds, "pruned": float(trial.pruned)},
                           trial.started, trial.finished)
+        tracker.check()  # a store that cannot be used stops the search now, not at its end
 
     return log
 
@@ -430,6 +431,7 @@ def train_model(
     on_trial: Optional[Callable[[int, dict, float], None]] = None,
     full_search: bool = False,
     on_wait: Optional[Callable[[], None]] = None,
+    tracker=None,
 ) -> TrainOutcome:
     """Train the surrogate on every successful fit of (structure, dataset, fit config), store and track it.
 
@@ -443,7 +445,11 @@ def train_model(
     The MLflow run opens when the training starts; each search trial is a
     child run logged when it finishes. The row is committed before the run's
     artefacts (loss curve, trials, test predictions, the model as XGBoost
-    JSON) are logged, and the run is then tagged with the row's id.
+    JSON) are logged, and the run is then tagged with the row's id. The
+    logging runs in a helper process beside the search (``tracker``, a
+    :class:`motex_db.tracker_process.TrackerProcess` on this record's store
+    that the caller may have started early; else one is started here), and
+    is over when this returns.
     """
     from sqlmodel import Session
 
@@ -451,10 +457,14 @@ def train_model(
     from motex_db.datasets import get_dataset
     from motex_db.models import FitConfig, TrainedModel
     from motex_db.structures import get_starting_model
-    from motex_db.tracking import open_tracker, tracking_location
+    from motex_db.tracker_process import TrackerProcess
 
     check_search_options(n_iter, cv)
     seed = _check_seed(seed)
+    if tracker is None:
+        with TrackerProcess(engine.url.render_as_string(hide_password=False), mlflow_uri) as tracker:
+            return train_model(engine, structure, dataset, fit_config_id, n_iter, cv, seed, mlflow_uri, on_trial,
+                               full_search, on_wait, tracker)
     with Session(engine) as session:
         model = get_starting_model(session, structure)
         data = get_dataset(session, dataset)
@@ -464,14 +474,12 @@ def train_model(
     inputs = _inputs_hash(model.id, data.id, config_id, ids, rwp, seed, n_iter, cv, full_search)
     if _stored_model(engine, inputs) is None:
         check_targets(rwp)  # before a run is opened for nothing
-    url = engine.url.render_as_string(hide_password=False)
-    location = tracking_location(url, mlflow_uri)
     started = time.perf_counter()
     trained: dict = {}
 
     def work():
         masks = masks_from_text(mask_texts, model.n_permutable)
-        tracker = open_tracker(url, mlflow_uri)
+        tracker.open()
         params = run_params(config, structure, dataset, len(rwp), model.n_permutable, seed,
                             n_iter=n_iter, cv=cv, search="full" if full_search else "until it stops improving")
         run_id = tracker.start_run(f"train {structure} / {dataset}",
@@ -485,8 +493,9 @@ def train_model(
             )
         except BaseException:
             with contextlib.suppress(Exception):
-                tracker.client.set_terminated(run_id, "FAILED")
+                tracker.terminate(run_id, "FAILED")
             raise
+        run_id = tracker.value(run_id)  # opened by now, a search ago
         row, created = _store_model(engine, TrainedModel(
             starting_model_id=model.id, dataset_id=data.id, fit_config_id=config_id, inputs_hash=inputs,
             n_motifs=result.n_motifs, seed=seed, hyperparameters=result.hyperparameters,
@@ -502,17 +511,17 @@ def train_model(
         ))
         if created:
             _log_result(tracker, run_id, result, row.id)
-            trained.update(result=result, location=tracker.location)
+            trained.update(result=result)
         else:
-            with contextlib.suppress(Exception):
-                tracker.client.set_terminated(run_id, "KILLED")
+            tracker.terminate(run_id, "KILLED")
+        tracker.flush()
         return row
 
     row, created = run_once(engine, inputs, lambda: _stored_model(engine, inputs), work, on_wait)
     created = created and "result" in trained
     return TrainOutcome(
         row.id, created, structure, dataset, config_id, row.n_motifs, row.metrics, row.hyperparameters,
-        row.mlflow_run_id, location.ui_command, trained.get("result"),
+        row.mlflow_run_id, tracker.location.ui_command, trained.get("result"),
         time.perf_counter() - started if created else 0.0,
     )
 

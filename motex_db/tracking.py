@@ -320,11 +320,6 @@ def mark_killed_runs(client, experiment_id: str) -> int:
     return killed
 
 
-def process_tags() -> dict[str, str]:
-    """The tag that names this process on a run it opens (so a later start can tell that it was killed)."""
-    return {PROCESS_TAG: process_identity()}
-
-
 def _create_postgres_database(connection, name: str) -> None:
     exists = connection.exec_driver_sql("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).first()
     if not exists:
@@ -341,12 +336,13 @@ def _quiet_mlflow() -> None:
 class Tracker:
     """An MLflow client on the motex-db experiment."""
 
-    def __init__(self, location: TrackingLocation):
+    def __init__(self, location: TrackingLocation, identity: Optional[str] = None):
         from mlflow.tracking import MlflowClient
 
         _quiet_mlflow()
 
         self.location = location
+        self.identity = identity or process_identity()  # of the process the runs it opens belong to
         self.uri = location.tracking_uri
         with tracking_lock(self.location):
             try:
@@ -385,7 +381,7 @@ class Tracker:
         from mlflow.entities import Param
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-        tags = {**process_tags(), **{key: str(value) for key, value in tags.items()}}
+        tags = {PROCESS_TAG: self.identity, **{key: str(value) for key, value in tags.items()}}
         if parent_run_id:
             tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
         start = int(1000 * (start_seconds if start_seconds is not None else time.time()))
@@ -459,6 +455,17 @@ class Tracker:
                 for path in paths:
                     self.client.log_artifact(run_id, str(path), artifact_path=folder)
 
+    def log_artifacts(self, run_id: str, paths: list, folder: str) -> None:
+        """Attach files on disk, by path, under ``folder`` of the run's artefacts."""
+        with self.logging():
+            for path in paths:
+                self.client.log_artifact(run_id, str(path), artifact_path=folder)
+
+    def check(self) -> None:
+        """Nothing to wait for: here every call has run when it returns (see :mod:`motex_db.tracker_process`)."""
+
+    flush = check
+
     def has_run(self, run_id: Optional[str]) -> bool:
         """Whether this store holds the run (a record copied without its MLflow store, or read
         through another ``--mlflow-uri``, names runs the store never saw)."""
@@ -479,8 +486,12 @@ class Tracker:
 
     def finish_run(self, run_id: str) -> None:
         """Mark a run FINISHED now."""
+        self.terminate(run_id, "FINISHED")
+
+    def terminate(self, run_id: str, status: str) -> None:
+        """End a run now with ``status`` (FINISHED, FAILED or KILLED)."""
         with self.logging():
-            self.client.set_terminated(run_id)
+            self.client.set_terminated(run_id, status)
 
 
 def _finite(value) -> bool:
