@@ -89,11 +89,11 @@ def _latest_model(session, model_id: int, dataset_id: int, trained_model_id: Opt
     return row
 
 
-def _training_set(session, trained, n_permutable: int):
+def _training_set(session, trained, n_permutable: int, masks_cache: Optional[dict] = None):
     """The model's training set (:func:`motex_db.learning.load_training_set`), refusing one that is gone."""
     from motex_db.learning import load_training_set
 
-    found = load_training_set(session, trained, n_permutable)
+    found = load_training_set(session, trained, n_permutable, masks_cache)
     if found is None or not np.all(np.isfinite(found.rwp)):
         raise InputError(
             f"trained model {trained.id}'s motifs or fits are no longer all in the record: train again."
@@ -390,12 +390,12 @@ def explain_series(
         ids = dict(session.exec(
             select(Motif.mask, Motif.id).where(Motif.starting_model_id == model.id).where(Motif.mask.in_(wanted))
         ).all()) if wanted else {}
-    with transaction(engine) as session:
-        for frame in frames:
-            if extracted[frame.id] in ids:
-                linked = session.get(TrainedModel, trained[frame.id].id)
-                linked.extracted_motif_id = ids[extracted[frame.id]]
-                session.add(linked)
+    links = [{"row": trained[f.id].id, "motif": ids[extracted[f.id]]} for f in frames if extracted[f.id] in ids]
+    if links:
+        with transaction(engine) as session:  # without loading each row's model
+            session.connection().execute(
+                sa.update(TrainedModel.__table__).where(TrainedModel.__table__.c.id == sa.bindparam("row"))
+                .values(extracted_motif_id=sa.bindparam("motif")), links)
     if ids:
         for prepared in prepare_series_fit(engine, structure, series, FitSettings.from_dict(config.settings)):
             fit_motifs_now(engine, prepared, sorted(ids.values()))
@@ -497,6 +497,7 @@ def _explain_frames(engine, frames, trained: dict, stored: dict, n_permutable: i
 
     worker = worker_identity()
     created: set = set()
+    masks_cache: dict = {}  # the frames' models share their training motifs
     # Each frame is explained under its claim and committed alone: processes on one record
     # (on one machine or many) split the frames, and a killed one loses only its current frame.
     while True:
@@ -512,7 +513,7 @@ def _explain_frames(engine, frames, trained: dict, stored: dict, n_permutable: i
                 continue
             with holding(engine, key, worker):
                 if _stored_contributions(engine, row.id) is None:
-                    _explain_frame(engine, row, n_permutable, perm_elements, shap_motifs, shap_threads)
+                    _explain_frame(engine, row, n_permutable, perm_elements, shap_motifs, shap_threads, masks_cache)
                     created.add(frame.id)
             stored[row.id] = _stored_contributions(engine, row.id)
             progressed = True
@@ -546,7 +547,7 @@ def _explain_frames_worker(url: str, structure: str, series: str, shap_motifs: O
 
 
 def _explain_frame(engine, row, n_permutable: int, perm_elements: list, shap_motifs: Optional[int],
-                   shap_threads: Optional[int] = None) -> None:
+                   shap_threads: Optional[int] = None, masks_cache: Optional[dict] = None) -> None:
     """One frame's contributions (no convergence models), committed in one transaction."""
     from sqlmodel import Session
 
@@ -554,7 +555,7 @@ def _explain_frame(engine, row, n_permutable: int, perm_elements: list, shap_mot
     from motex_db.models import AtomContribution, TrainedModel
 
     with Session(engine) as session:
-        X_train = _training_set(session, row, n_permutable).X_train
+        X_train = _training_set(session, row, n_permutable, masks_cache).X_train
     X_train = X_train[shap_rows(len(X_train), row.seed, shap_motifs)]
     found = atom_contributions(shap_values(row.model, X_train, n_jobs=shap_threads), X_train)
     with transaction(engine) as session:
@@ -580,7 +581,7 @@ def log_series_explanation(record_url: str, outcome: SeriesExplainOutcome, files
     import time
 
     from mlflow.entities import Metric
-    from sqlmodel import Session
+    from sqlmodel import Session, select
 
     from motex_db.db import open_engine
     from motex_db.models import TrainedModel
@@ -590,10 +591,8 @@ def log_series_explanation(record_url: str, outcome: SeriesExplainOutcome, files
         return None
     engine = open_engine(record_url)
     with Session(engine) as session:
-        runs = {
-            r.trained_model_id: session.get(TrainedModel, int(r.trained_model_id)).mlflow_run_id
-            for r in outcome.frames.itertuples()
-        }
+        runs = dict(session.exec(select(TrainedModel.id, TrainedModel.mlflow_run_id).where(
+            TrainedModel.id.in_([int(i) for i in outcome.frames["trained_model_id"]]))).all())
     engine.dispose()
     tracker = open_tracker(record_url, mlflow_uri)
     if not tracker.has_run(outcome.parent_run_id):

@@ -265,12 +265,16 @@ class TrainingSet:
         return self.X[self.train_idx]
 
 
-def load_training_set(session, trained, n_permutable: int) -> Optional[TrainingSet]:
+def load_training_set(session, trained, n_permutable: int, masks_cache: Optional[dict] = None,
+                      ) -> Optional[TrainingSet]:
     """The training set of a stored model, rebuilt from the record; None when it cannot be.
 
     The stored motif ids and seed give back the exact split (``split`` is a
     function of the count and the seed). None when the model has no motif
-    list or some of its motifs are gone from the catalogue.
+    list or some of its motifs are gone from the catalogue. ``masks_cache``
+    (a dict the caller keeps) holds the masks and features of motif lists
+    already read: the frames of a series share theirs, and only their Rwp
+    differ.
     """
     from sqlmodel import select
 
@@ -281,17 +285,24 @@ def load_training_set(session, trained, n_permutable: int) -> Optional[TrainingS
         return None
     ids = np.asarray(trained.motif_ids, dtype=np.int64)
     wanted = [int(i) for i in ids]
-    texts = dict(session.exec(select(Motif.id, Motif.mask).where(Motif.id.in_(wanted))).all())
-    if len(texts) != len(ids):
-        return None
+    key = (trained.starting_model_id, n_permutable, hashlib.sha256(ids.tobytes()).hexdigest())
+    if masks_cache is not None and key in masks_cache:
+        masks, X = masks_cache[key]
+    else:
+        texts = dict(session.exec(select(Motif.id, Motif.mask).where(Motif.id.in_(wanted))).all())
+        if len(texts) != len(ids):
+            return None
+        masks = masks_from_text([texts[i] for i in wanted], n_permutable)
+        X = features(masks)
+        if masks_cache is not None:
+            masks_cache[key] = masks, X
     fitted = dict(session.exec(
         select(FitResult.motif_id, FitResult.rwp).where(FitResult.dataset_id == trained.dataset_id)
         .where(FitResult.fit_config_id == trained.fit_config_id).where(FitResult.motif_id.in_(wanted))
     ).all())
-    masks = masks_from_text([texts[i] for i in wanted], n_permutable)
     rwp = np.array([fitted.get(i, np.nan) for i in wanted], dtype=np.float64)
     train_idx, test_idx = split(len(ids), int(trained.seed))
-    return TrainingSet(ids, masks, rwp, features(masks), train_idx, test_idx)
+    return TrainingSet(ids, masks, rwp, X, train_idx, test_idx)
 
 
 def _inputs_hash(model_id, dataset_id, fit_config_id, ids, rwp, seed, n_iter, cv, full_search=False) -> str:
@@ -600,8 +611,12 @@ class _SeriesJob:
     lease_seconds: float = LEASE_SECONDS
 
 
-def _train_one_frame(engine, job: _SeriesJob, frame: tuple, tracker) -> None:
-    """Train, store (committed alone) and track one frame's model."""
+def _train_one_frame(engine, job: _SeriesJob, frame: tuple, tracker, features_cache: Optional[dict] = None) -> None:
+    """Train, store (committed alone) and track one frame's model.
+
+    ``features_cache`` (a dict the caller keeps) holds the features of motif
+    lists already read: the frames of a series mostly share theirs.
+    """
     from sqlmodel import Session
 
     from motex_db.catalogue import masks_from_text
@@ -610,7 +625,12 @@ def _train_one_frame(engine, job: _SeriesJob, frame: tuple, tracker) -> None:
     dataset_id, name, frame_time, key = frame
     with Session(engine) as session:
         ids, texts, rwp = load_fits(session, job.model_id, dataset_id, job.config_id)
-    X = features(masks_from_text(texts, job.n_permutable))
+    known = hashlib.sha256(ids.tobytes()).hexdigest()
+    X = features_cache.get(known) if features_cache is not None else None
+    if X is None:
+        X = features(masks_from_text(texts, job.n_permutable))
+        if features_cache is not None:
+            features_cache[known] = X
     model_json, hyperparameters, metrics, curve = train_frame(X, rwp, job.params, job.seed)
     if job.best_cv_mae is not None:
         metrics["best_cv_mae"] = job.best_cv_mae
@@ -668,6 +688,7 @@ def _work_frames(job: _SeriesJob, offset: int = 0, on_stored: Optional[Callable[
     engine = engine or open_engine(job.url)
     worker = worker_identity()
     tracker = None
+    features_cache: dict = {}
     keys = [f[3] for f in job.frames]
     try:
         while True:
@@ -684,7 +705,7 @@ def _work_frames(job: _SeriesJob, offset: int = 0, on_stored: Optional[Callable[
                         continue
                     if tracker is None and job.parent_run_id:
                         tracker = open_tracker(job.url, job.mlflow_uri)
-                    _train_one_frame(engine, job, frame, tracker)
+                    _train_one_frame(engine, job, frame, tracker, features_cache)
                 progressed = True
                 if on_stored is not None:
                     on_stored()
