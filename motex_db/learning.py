@@ -215,14 +215,16 @@ def choose_fit_config(session, model_id: int, dataset_id: int, fit_config_id: Op
     return max(counts, key=lambda row: (row[1], row[0]))[0]
 
 
-def _fit_rows(session, dataset_id: int, fit_config_id: int, model_id: int):
-    """(motif id, mask, Rwp) of the 'ok' fits of a starting model's sampled motifs, by motif id."""
+def _fit_rows(session, dataset_id: int, fit_config_id: int, model_id: int, masks: bool = True):
+    """(motif id, mask, Rwp) of the 'ok' fits of a starting model's sampled motifs, by motif id
+    (without ``masks``: (motif id, Rwp))."""
     from sqlmodel import select
 
     from motex_db.models import FitResult, Motif
 
+    columns = (Motif.id, Motif.mask, FitResult.rwp) if masks else (Motif.id, FitResult.rwp)
     return session.exec(
-        select(Motif.id, Motif.mask, FitResult.rwp)
+        select(*columns)
         .join(FitResult, FitResult.motif_id == Motif.id)
         .where(FitResult.dataset_id == dataset_id)
         .where(FitResult.fit_config_id == fit_config_id)
@@ -243,6 +245,29 @@ def load_fits(session, model_id: int, dataset_id: int, fit_config_id: int) -> tu
     rows = _fit_rows(session, dataset_id, fit_config_id, model_id=model_id)
     ids = np.array([r[0] for r in rows], dtype=np.int64)
     return ids, [r[1] for r in rows], np.array([r[2] for r in rows], dtype=np.float64)
+
+
+def load_fit_values(session, model_id: int, dataset_id: int, fit_config_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(motif ids, Rwp) of :func:`load_fits`, without reading the masks (a series' frames share them)."""
+    rows = _fit_rows(session, dataset_id, fit_config_id, model_id=model_id, masks=False)
+    return np.array([r[0] for r in rows], dtype=np.int64), np.array([r[1] for r in rows], dtype=np.float64)
+
+
+def _motif_features(session, ids: np.ndarray, n_permutable: int, cache: Optional[dict] = None) -> np.ndarray:
+    """The features of motifs ``ids`` in that order, read once per list when ``cache`` (a dict the caller keeps) is given."""
+    from sqlmodel import select
+
+    from motex_db.catalogue import masks_from_text
+    from motex_db.models import Motif
+
+    key = hashlib.sha256(np.ascontiguousarray(ids).tobytes()).hexdigest()
+    if cache is not None and key in cache:
+        return cache[key]
+    texts = dict(session.exec(select(Motif.id, Motif.mask).where(Motif.id.in_([int(i) for i in ids]))).all())
+    X = features(masks_from_text([texts[int(i)] for i in ids], n_permutable))
+    if cache is not None:
+        cache[key] = X
+    return X
 
 
 @dataclass(frozen=True)
@@ -619,18 +644,12 @@ def _train_one_frame(engine, job: _SeriesJob, frame: tuple, tracker, features_ca
     """
     from sqlmodel import Session
 
-    from motex_db.catalogue import masks_from_text
     from motex_db.models import TrainedModel
 
     dataset_id, name, frame_time, key = frame
     with Session(engine) as session:
-        ids, texts, rwp = load_fits(session, job.model_id, dataset_id, job.config_id)
-    known = hashlib.sha256(ids.tobytes()).hexdigest()
-    X = features_cache.get(known) if features_cache is not None else None
-    if X is None:
-        X = features(masks_from_text(texts, job.n_permutable))
-        if features_cache is not None:
-            features_cache[known] = X
+        ids, rwp = load_fit_values(session, job.model_id, dataset_id, job.config_id)
+        X = _motif_features(session, ids, job.n_permutable, features_cache)
     model_json, hyperparameters, metrics, curve = train_frame(X, rwp, job.params, job.seed)
     if job.best_cv_mae is not None:
         metrics["best_cv_mae"] = job.best_cv_mae
@@ -648,6 +667,8 @@ def _train_one_frame(engine, job: _SeriesJob, frame: tuple, tracker, features_ca
 
 def _log_frame_run(engine, tracker, job: _SeriesJob, row, name: str, frame_time) -> None:
     """A frame's child run (test metrics, the model as XGBoost JSON), linked to the row afterwards."""
+    import sqlalchemy as sa
+
     from motex_db.db import transaction
     from motex_db.models import TrainedModel
 
@@ -657,10 +678,9 @@ def _log_frame_run(engine, tracker, job: _SeriesJob, row, name: str, frame_time)
                                {"frame": name, "time": frame_time, "series": job.series},
                                {f"test_{k}": v for k, v in row.metrics.items()}, now, now)
     tracker.log_files(run_id, {"model.json": row.model}, "model")
-    with transaction(engine) as session:
-        stored = session.get(TrainedModel, row.id)
-        stored.mlflow_run_id = run_id
-        session.add(stored)
+    with transaction(engine) as session:  # without loading the row's model back
+        session.connection().execute(
+            sa.update(TrainedModel.__table__).where(TrainedModel.__table__.c.id == row.id).values(mlflow_run_id=run_id))
 
 
 def _frames_stored(engine, keys: list[str]) -> set[str]:
@@ -763,7 +783,6 @@ def train_series(
     import pandas as pd
     from sqlmodel import Session, select
 
-    from motex_db.catalogue import masks_from_text
     from motex_db.datasets import get_series_frames
     from motex_db.models import TrainedModel
     from motex_db.processes import helper_processes, local_workers
@@ -799,7 +818,8 @@ def train_series(
         from motex_db.models import FitConfig
 
         config = session.get(FitConfig, config_id)
-        fits = {f.id: load_fits(session, model.id, f.id, config_id) for f in frames}
+        fits = {f.id: load_fit_values(session, model.id, f.id, config_id) for f in frames}
+        X_reference = _motif_features(session, fits[ref.id][0], model.n_permutable) if fits[ref.id][0].size else None
     for frame in frames:
         n = len(fits[frame.id][0])
         if n < MIN_MOTIFS:
@@ -807,9 +827,9 @@ def train_series(
                 f"frame '{frame.name}' has {n} successful fits with fit config {config_id}; training needs "
                 f"{MIN_MOTIFS}: run motex-db fit --structure {structure} --series {series}."
             )
-    ref_hash = _inputs_hash(model.id, ref.id, config_id, *fits[ref.id][::2], seed, n_iter, cv)
+    ref_hash = _inputs_hash(model.id, ref.id, config_id, *fits[ref.id], seed, n_iter, cv)
     hashes = {
-        f.id: _series_hash(_inputs_hash(model.id, f.id, config_id, *fits[f.id][::2], seed, n_iter, cv), ref_hash, series)
+        f.id: _series_hash(_inputs_hash(model.id, f.id, config_id, *fits[f.id], seed, n_iter, cv), ref_hash, series)
         for f in frames
     }
     url = engine.url.render_as_string(hide_password=False)
@@ -825,11 +845,11 @@ def train_series(
         parent = tracker.start_run(
             f"train {structure} / series {series}",
             {**run_tags(structure, series, config_id, 0, "train-series"), "series": series, "reference_frame": ref.name},
-            run_params(config, structure, ref.name, len(fits[ref.id][2]), model.n_permutable, seed, series=series,
+            run_params(config, structure, ref.name, len(fits[ref.id][1]), model.n_permutable, seed, series=series,
                        reference_frame=ref.name, n_iter=n_iter, cv=cv),
         )
-        ids, texts, rwp = fits[ref.id]
-        X = features(masks_from_text(texts, model.n_permutable))
+        ids, rwp = fits[ref.id]
+        X = X_reference
         train_idx, _ = split(len(rwp), seed)
         from motex_db.surrogate import search_hyperparameters
 
@@ -887,16 +907,17 @@ def train_series(
             ref_row = session.exec(select(TrainedModel).where(TrainedModel.inputs_hash == hashes[ref.id])).first()
         params = _searched(ref_row.hyperparameters) if ref_row is not None else {}
         best_cv = (ref_row.metrics or {}).get("best_cv_mae") if ref_row is not None else None
-    with Session(engine) as session:
-        rows = {r.inputs_hash: r for r in session.exec(
-            select(TrainedModel).where(TrainedModel.inputs_hash.in_(list(hashes.values())))).all()}
+    with Session(engine) as session:  # not the models themselves
+        rows = {key: (row_id, metrics or {}) for key, row_id, metrics in session.exec(
+            select(TrainedModel.inputs_hash, TrainedModel.id, TrainedModel.metrics)
+            .where(TrainedModel.inputs_hash.in_(list(hashes.values())))).all()}
     table = []
     for frame in frames:
-        row = rows[hashes[frame.id]]
+        row_id, metrics = rows[hashes[frame.id]]
         table.append({
-            "frame": frame.name, "dataset_id": frame.id, "time": frame.time, "trained_model_id": row.id,
+            "frame": frame.name, "dataset_id": frame.id, "time": frame.time, "trained_model_id": row_id,
             "created": hashes[frame.id] not in stored_before, "n_motifs": len(fits[frame.id][0]),
-            "test_mae": row.metrics.get("mae"), "test_r2": row.metrics.get("r2"),
+            "test_mae": metrics.get("mae"), "test_r2": metrics.get("r2"),
         })
     return SeriesTrainOutcome(
         structure, series, config_id, ref.name, params, best_cv, pd.DataFrame(table), parent_id,
