@@ -311,6 +311,7 @@ def test_fits_taking_turns_on_threads_are_xgboosts_own_early_stopping(catalogue,
 
     from motex_db import surrogate
 
+    assert surrogate._ROUNDS is not None  # rounds after the first call XGBoost's C functions directly
     masks, rwp = catalogue
     X, y = learning.features(masks[:600]), rwp[:600]
     fit_rows, held_rows = surrogate._validation_split(len(y), 4)
