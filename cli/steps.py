@@ -310,20 +310,21 @@ def explain(
         return
     if shap_motifs is not None and shap_motifs < 0:
         raise InputError(f"--shap-motifs must be 0 (all) or more, not {shap_motifs}.")
-    # MLflow loads in its helper process while the explanation is computed and its files written here
-    with TrackerProcess(engine.url.render_as_string(hide_password=False), mlflow_uri) as tracker:
+    # MLflow and the plotting libraries load in a helper process while the explanation is computed here;
+    # the helper then draws the SHAP summary while the other files are written here, and logs them all
+    with TrackerProcess(engine.url.render_as_string(hide_password=False), mlflow_uri, figures=True) as tracker:
         from motex_db.explain import SHAP_MOTIFS, explain_model, log_explanation
         from motex_db.interop import export_mlmotex_files
         from motex_db.reports.explanation import write_explanation_files
 
         outcome = explain_model(engine, structure, data, model, min_confidence,
-                                SHAP_MOTIFS if shap_motifs is None else shap_motifs)
-        if outcome.mlflow_run_id:
-            tracker.open()
+                                SHAP_MOTIFS if shap_motifs is None else shap_motifs,
+                                on_model=lambda row: tracker.open() if row.mlflow_run_id else None)
         with tempfile.TemporaryDirectory() as scratch:
-            files = write_explanation_files(outcome, out or Path(scratch))
+            files = write_explanation_files(outcome, out or Path(scratch), tracker.draw_shap_summary)
             files.update(export_mlmotex_files(engine, outcome.trained_model_id, out or Path(scratch)))
             output.note(log_explanation(tracker, outcome, files))
+            tracker.flush()  # every file is written (and logged)
     output.print_explain_outcome(outcome, files if out else None)
     from motex_db.environments import contributions_per_environment
 

@@ -122,6 +122,7 @@ def explain_model(
     min_confidence: Optional[float] = None,
     shap_motifs: Optional[int] = SHAP_MOTIFS,
     on_wait=None,
+    on_model=None,
 ) -> ExplainOutcome:
     """SHAP contributions of a trained model's training motifs, stored as ``atom_contribution`` rows.
 
@@ -136,7 +137,8 @@ def explain_model(
     The extracted motif (atoms with negative contribution, and confidence at
     least ``min_confidence`` when given, plus their bonded atoms) is added to
     the catalogue, linked to the model (``trained_model.extracted_motif_id``)
-    and fitted with the model's fit configuration.
+    and fitted with the model's fit configuration. ``on_model(row)`` is
+    called with the trained model's row once it is found, before the work.
     """
     import pandas as pd
     from sqlmodel import Session, select
@@ -158,6 +160,8 @@ def explain_model(
         trained = _latest_model(session, model.id, data.id, trained_model_id)
         config = session.get(FitConfig, trained.fit_config_id)
         training = _training_set(session, trained, model.n_permutable)
+    if on_model is not None:
+        on_model(trained)
     flags = permutable_flags(model.elements, model.permutable_elements)
     perm_elements = [e for e, f in zip(model.elements, flags) if f]
     X_train = training.X_train

@@ -62,7 +62,7 @@ class TrackerProcess:
     for every call when the block ended normally), or call :meth:`close`.
     """
 
-    def __init__(self, record_url: str, override: Optional[str] = None):
+    def __init__(self, record_url: str, override: Optional[str] = None, figures: bool = False):
         from motex_db.processes import process_identity
 
         self.location: TrackingLocation = tracking_location(record_url, override)
@@ -76,7 +76,7 @@ class TrackerProcess:
         commands, helper_commands = os.pipe()
         helper_replies, replies = os.pipe()
         code = (f"import sys; sys.path[:] = {list(sys.path)!r}; "
-                f"from motex_db.tracker_process import serve; serve({commands}, {replies}, {os.getpid()})")
+                f"from motex_db.tracker_process import serve; serve({commands}, {replies}, {os.getpid()}, {figures})")
         try:
             self._process = subprocess.Popen(
                 [sys.executable, "-c", code], pass_fds=(commands, replies), stdin=subprocess.DEVNULL,
@@ -124,6 +124,11 @@ class TrackerProcess:
 
     def has_run(self, run_id) -> bool:
         return bool(run_id) and self.value(self._call("has_run", run_id))
+
+    def draw_shap_summary(self, values, features, names: list, title: str, path) -> Pending:
+        """:func:`motex_db.reports.explanation.write_shap_summary` in the helper (``figures=True`` loads
+        matplotlib and shap there beforehand); the file is there once :meth:`flush` returns."""
+        return self._call("draw_shap_summary", values, features, list(names), title, str(path))
 
     def missing_run_note(self, run_id: str, what: str) -> str:
         return self.value(self._call("missing_run_note", run_id, what))
@@ -232,13 +237,20 @@ class TrackerProcess:
 # ---------------------------------------------------------------------- the helper
 
 
-def _warm() -> None:
-    """Import what opening the store needs (most of its cost), before anything is asked."""
+def _warm(figures: bool) -> None:
+    """Import what opening the store needs (most of its cost), and with ``figures`` what drawing needs,
+    before anything is asked."""
     import sqlalchemy.orm
     from mlflow.store.tracking import sqlalchemy_store  # noqa: F401
     from mlflow.tracking import MlflowClient  # noqa: F401
 
     sqlalchemy.orm.configure_mappers()
+    if figures:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot  # noqa: F401
+        import shap  # noqa: F401
 
 
 class _Said(logging.Handler):
@@ -252,7 +264,7 @@ class _Said(logging.Handler):
         self.sentences.append(record.getMessage())
 
 
-def serve(commands_fd: int, replies_fd: int, parent_pid: int) -> None:
+def serve(commands_fd: int, replies_fd: int, parent_pid: int, figures: bool = False) -> None:
     """The helper's loop: run each call on a :class:`~motex_db.tracking.Tracker`, reply with its result."""
     from motex_db.processes import die_with_parent
 
@@ -262,7 +274,7 @@ def serve(commands_fd: int, replies_fd: int, parent_pid: int) -> None:
     said = _Said()
     logging.getLogger("motex_db").addHandler(said)
     try:
-        _warm()
+        _warm(figures)
     except Exception:  # opening the store will say what is wrong
         pass
     tracker = None
@@ -287,13 +299,18 @@ def serve(commands_fd: int, replies_fd: int, parent_pid: int) -> None:
                 from motex_db.tracking import Tracker
 
                 tracker = Tracker(args[0], identity=args[1])
+            elif method == "draw_shap_summary":
+                from motex_db.reports.explanation import write_shap_summary
+
+                write_shap_summary(*args)
             elif method != "sync":
                 if tracker is None:
                     raise DatabaseError("the MLflow store was not opened.")
                 value = getattr(tracker, method)(*args)
         except BaseException as exc:  # sent back, raised in the command
+            what = "drawing the SHAP summary plot" if method == "draw_shap_summary" else "MLflow logging"
             ok, value = False, exc if isinstance(exc, MotexError) else DatabaseError(
-                f"MLflow logging failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                f"{what} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         results[token] = value
         try:
             replies.send((token, ok, value, said.sentences))

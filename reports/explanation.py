@@ -13,16 +13,30 @@ def clipped_colour_values(values: np.ndarray, low: float = 10, high: float = 90)
     return np.clip(values, lo, hi)
 
 
-def write_explanation_files(outcome, out_dir: str | Path) -> dict[str, Path]:
-    """Write contributions.csv, the starting model as extended XYZ with each atom's contribution,
-    the extracted motif as XYZ, and a SHAP summary plot (PNG)."""
-    import ase
-    import ase.io
+def write_shap_summary(values: np.ndarray, features: np.ndarray, names: list[str], title: str,
+                       path: str | Path) -> Path:
+    """shap's summary plot (beeswarm) of SHAP ``values`` of motifs with ``features``, as a PNG at ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import shap
+
+    shap.summary_plot(values, features, feature_names=names, show=False, max_display=min(30, len(names)),
+                      plot_size=(8, 0.3 * min(30, len(names)) + 1.5))
+    figure = plt.gcf()
+    figure.suptitle(title, fontsize=10)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return Path(path)
+
+
+def write_explanation_files(outcome, out_dir: str | Path, draw_shap_summary=write_shap_summary) -> dict[str, Path]:
+    """Write contributions.csv, the starting model as extended XYZ with each atom's contribution,
+    the extracted motif as XYZ, and a SHAP summary plot (PNG, by ``draw_shap_summary``, which takes
+    :func:`write_shap_summary`'s arguments and may draw it in another process)."""
+    import ase
+    import ase.io
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -67,13 +81,10 @@ def write_explanation_files(outcome, out_dir: str | Path) -> dict[str, Path]:
 
     if outcome.shap is not None:
         names = ["n_kept"] + [f"{el}{i}" for i, el in enumerate(outcome.elements, start=1)]
-        shap.summary_plot(outcome.shap, outcome.features, feature_names=names, show=False,
-                          max_display=min(30, len(names)), plot_size=(8, 0.3 * min(30, len(names)) + 1.5))
-        figure = plt.gcf()
-        figure.suptitle(f"SHAP values of the surrogate: {outcome.structure} / {outcome.dataset}", fontsize=10)
         files["shap_summary"] = out_dir / f"{stem}_shap_summary.png"
-        figure.savefig(files["shap_summary"], dpi=110, bbox_inches="tight")
-        plt.close(figure)
+        draw_shap_summary(outcome.shap, outcome.features, names,
+                          f"SHAP values of the surrogate: {outcome.structure} / {outcome.dataset}",
+                          files["shap_summary"])
     return files
 
 

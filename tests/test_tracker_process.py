@@ -134,3 +134,21 @@ def test_train_killed_leaves_no_helper_and_its_run_is_marked_killed(fitted_serie
     assert tracker.killed_runs == 1
     (run,) = tracker.client.search_runs([tracker.experiment_id], "tags.`motex_db.kind` = 'train'")
     assert run.info.status == "KILLED"
+
+
+def test_the_helper_draws_the_shap_summary_and_says_when_it_cannot(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    features = rng.integers(0, 2, size=(200, 4)).astype(float)
+    values = rng.normal(size=(200, 4))
+    record = f"sqlite:///{tmp_path / 'motex.db'}"
+    with TrackerProcess(record, figures=True) as tracker:
+        tracker.draw_shap_summary(values, features, ["n_kept", "W1", "W2", "W3"], "a title", tmp_path / "summary.png")
+        tracker.flush()
+    assert (tmp_path / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "mlflow.db").exists()  # drawing needs no store
+    with pytest.raises(DatabaseError, match="drawing the SHAP summary plot failed"):
+        with TrackerProcess(record, figures=True) as tracker:
+            tracker.draw_shap_summary(values, features[:, :2], ["a", "b"], "shapes that do not match",
+                                      tmp_path / "never.png")
