@@ -553,7 +553,8 @@ def _explain_frames_worker(url: str, structure: str, series: str, shap_motifs: O
 def _explain_frame(engine, row, n_permutable: int, perm_elements: list, shap_motifs: Optional[int],
                    shap_threads: Optional[int] = None, masks_cache: Optional[dict] = None) -> None:
     """One frame's contributions (no convergence models), committed in one transaction."""
-    from sqlmodel import Session
+    import sqlalchemy as sa
+    from sqlmodel import Session, select
 
     from motex_db.db import transaction
     from motex_db.models import AtomContribution, TrainedModel
@@ -569,10 +570,12 @@ def _explain_frame(engine, row, n_permutable: int, perm_elements: list, shap_mot
             for i, e, c, u, k in zip(found.atom_index, perm_elements, found.contribution,
                                      found.uncertainty, found.confidence)
         ])
-        stored_row = session.get(TrainedModel, row.id)
-        stored_row.overall_confidence = float(found.overall_confidence)
-        stored_row.training_log = {**(stored_row.training_log or {}), "explained_motifs": len(X_train)}
-        session.add(stored_row)
+        # the row's training log and confidence, without loading its model
+        log = session.exec(select(TrainedModel.training_log).where(TrainedModel.id == row.id)).one()
+        session.connection().execute(
+            sa.update(TrainedModel.__table__).where(TrainedModel.__table__.c.id == row.id).values(
+                overall_confidence=float(found.overall_confidence),
+                training_log={**(log or {}), "explained_motifs": len(X_train)}))
 
 
 def log_series_explanation(record_url: str, outcome: SeriesExplainOutcome, files: dict,

@@ -163,3 +163,32 @@ def test_explain_without_the_models_mlflow_run_stores_its_answer_and_says_so(mot
     assert len(notes) == 1 and "is not in the tracking store" in notes[0] and "stored in the record" in notes[0]
     model_id, = query(url, "SELECT max(id) FROM trained_model")[0]
     assert query(url, f"SELECT count(*) FROM atom_contribution WHERE trained_model_id = {model_id}")[0][0] > 0
+
+
+def test_explain_refuses_a_model_whose_fits_are_gone_and_changes_nothing(motex, c60, tmp_path):
+    import shutil
+    import sqlite3
+
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(c60.removeprefix("sqlite:///"), copy / "motex.db")
+    url = f"sqlite:///{copy / 'motex.db'}"
+    trained = motex("train", "--structure", "c60-in-carbon", "--data", "c60-simulated", "--n-iter", "1", db=url)
+    assert trained.exit_code == 0, trained.stderr
+    from sqlmodel import Session
+
+    from motex_db.db import open_engine
+    from motex_db.models import TrainedModel
+
+    (model_id,), = query(url, "SELECT max(id) FROM trained_model")
+    engine = open_engine(url)
+    with Session(engine) as session:
+        gone = int(session.get(TrainedModel, model_id).motif_ids[17])
+    engine.dispose()
+    with sqlite3.connect(copy / "motex.db") as connection:
+        connection.execute("DELETE FROM fit_result WHERE motif_id = ?", (gone,))
+    before = snapshot(url)
+    result = motex("explain", "--structure", "c60-in-carbon", "--data", "c60-simulated", db=url)
+    assert result.exit_code == 2
+    assert f"trained model {model_id}'s motifs or fits are no longer all in the record: train again." in result.stderr
+    assert snapshot(url) == before
