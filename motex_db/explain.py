@@ -89,11 +89,11 @@ def _latest_model(session, model_id: int, dataset_id: int, trained_model_id: Opt
     return row
 
 
-def _training_set(session, trained, n_permutable: int, masks_cache: Optional[dict] = None):
+def _training_set(session, trained, n_permutable: int, features_cache: Optional[dict] = None):
     """The model's training set (:func:`motex_db.learning.load_training_set`), refusing one that is gone."""
     from motex_db.learning import load_training_set
 
-    found = load_training_set(session, trained, n_permutable, masks_cache)
+    found = load_training_set(session, trained, n_permutable, features_cache)
     if found is None or not np.all(np.isfinite(found.rwp)):
         raise InputError(
             f"trained model {trained.id}'s motifs or fits are no longer all in the record: train again."
@@ -501,7 +501,7 @@ def _explain_frames(engine, frames, trained: dict, stored: dict, n_permutable: i
 
     worker = worker_identity()
     created: set = set()
-    masks_cache: dict = {}  # the frames' models share their training motifs
+    features_cache: dict = {}  # the frames' models share their training motifs
     # Each frame is explained under its claim and committed alone: processes on one record
     # (on one machine or many) split the frames, and a killed one loses only its current frame.
     while True:
@@ -517,7 +517,8 @@ def _explain_frames(engine, frames, trained: dict, stored: dict, n_permutable: i
                 continue
             with holding(engine, key, worker):
                 if _stored_contributions(engine, row.id) is None:
-                    _explain_frame(engine, row, n_permutable, perm_elements, shap_motifs, shap_threads, masks_cache)
+                    _explain_frame(engine, row, n_permutable, perm_elements, shap_motifs, shap_threads,
+                                   features_cache)
                     created.add(frame.id)
             stored[row.id] = _stored_contributions(engine, row.id)
             progressed = True
@@ -551,7 +552,7 @@ def _explain_frames_worker(url: str, structure: str, series: str, shap_motifs: O
 
 
 def _explain_frame(engine, row, n_permutable: int, perm_elements: list, shap_motifs: Optional[int],
-                   shap_threads: Optional[int] = None, masks_cache: Optional[dict] = None) -> None:
+                   shap_threads: Optional[int] = None, features_cache: Optional[dict] = None) -> None:
     """One frame's contributions (no convergence models), committed in one transaction."""
     import sqlalchemy as sa
     from sqlmodel import Session, select
@@ -560,7 +561,7 @@ def _explain_frame(engine, row, n_permutable: int, perm_elements: list, shap_mot
     from motex_db.models import AtomContribution, TrainedModel
 
     with Session(engine) as session:
-        X_train = _training_set(session, row, n_permutable, masks_cache).X_train
+        X_train = _training_set(session, row, n_permutable, features_cache).X_train
     X_train = X_train[shap_rows(len(X_train), row.seed, shap_motifs)]
     found = atom_contributions(shap_values(row.model, X_train, n_jobs=shap_threads), X_train)
     with transaction(engine) as session:

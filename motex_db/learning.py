@@ -253,17 +253,21 @@ def load_fit_values(session, model_id: int, dataset_id: int, fit_config_id: int)
     return np.array([r[0] for r in rows], dtype=np.int64), np.array([r[1] for r in rows], dtype=np.float64)
 
 
-def _motif_features(session, ids: np.ndarray, n_permutable: int, cache: Optional[dict] = None) -> np.ndarray:
-    """The features of motifs ``ids`` in that order, read once per list when ``cache`` (a dict the caller keeps) is given."""
+def _motif_features(session, ids: np.ndarray, n_permutable: int, cache: Optional[dict] = None,
+                    ) -> Optional[np.ndarray]:
+    """The features of motifs ``ids`` in that order (None when some are gone from the catalogue), read
+    once per list of ids when ``cache`` (a dict the caller keeps) is given: a series' frames share theirs."""
     from sqlmodel import select
 
     from motex_db.catalogue import masks_from_text
     from motex_db.models import Motif
 
-    key = hashlib.sha256(np.ascontiguousarray(ids).tobytes()).hexdigest()
+    key = (n_permutable, hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int64).tobytes()).hexdigest())
     if cache is not None and key in cache:
         return cache[key]
     texts = dict(session.exec(select(Motif.id, Motif.mask).where(Motif.id.in_([int(i) for i in ids]))).all())
+    if len(texts) != len(ids):
+        return None
     X = features(masks_from_text([texts[int(i)] for i in ids], n_permutable))
     if cache is not None:
         cache[key] = X
@@ -290,37 +294,28 @@ class TrainingSet:
         return self.X[self.train_idx]
 
 
-def load_training_set(session, trained, n_permutable: int, masks_cache: Optional[dict] = None,
+def load_training_set(session, trained, n_permutable: int, features_cache: Optional[dict] = None,
                       ) -> Optional[TrainingSet]:
     """The training set of a stored model, rebuilt from the record; None when it cannot be.
 
     The stored motif ids and seed give back the exact split (``split`` is a
     function of the count and the seed). None when the model has no motif
-    list or some of its motifs are gone from the catalogue. ``masks_cache``
-    (a dict the caller keeps) holds the masks and features of motif lists
-    already read: the frames of a series share theirs, and only their Rwp
-    differ.
+    list or some of its motifs are gone from the catalogue. ``features_cache``
+    (a dict the caller keeps, see :func:`_motif_features`) holds the features
+    of motif lists already read: the frames of a series share theirs, and
+    only their Rwp differ.
     """
     from sqlmodel import select
 
-    from motex_db.catalogue import masks_from_text
-    from motex_db.models import FitResult, Motif
+    from motex_db.models import FitResult
 
     if trained.motif_ids is None or len(trained.motif_ids) < 2:
         return None
     ids = np.asarray(trained.motif_ids, dtype=np.int64)
-    wanted = [int(i) for i in ids]
-    key = (trained.starting_model_id, n_permutable, hashlib.sha256(ids.tobytes()).hexdigest())
-    if masks_cache is not None and key in masks_cache:
-        masks, X = masks_cache[key]
-    else:
-        texts = dict(session.exec(select(Motif.id, Motif.mask).where(Motif.id.in_(wanted))).all())
-        if len(texts) != len(ids):
-            return None
-        masks = masks_from_text([texts[i] for i in wanted], n_permutable)
-        X = features(masks)
-        if masks_cache is not None:
-            masks_cache[key] = masks, X
+    X = _motif_features(session, ids, n_permutable, features_cache)
+    if X is None:
+        return None
+    masks = X[:, 1:].astype(bool)
     # every fit of the dataset and config, matched here: a list of 10^4 ids bound as query parameters
     # cost more than the rows the query then reads in excess
     fitted = session.connection().execute(

@@ -145,17 +145,22 @@ def test_refine_one_motif_with_srfit(motex, c60, tmp_path):
     assert bad.exit_code == 2 and "wobble" in bad.stderr
 
 
-def test_explain_without_the_models_mlflow_run_stores_its_answer_and_says_so(motex_process, c60, tmp_path):
-    """A record copied without its MLflow store: explain still answers, and says in one line why MLflow got nothing."""
+def _trained_copy(run, c60: str, folder) -> str:
+    """A copy of the C60 record in ``folder`` with a model trained on it by ``run`` (a CLI fixture); its URL."""
     import shutil
 
-    copy = tmp_path / "copy"
-    copy.mkdir()
-    shutil.copy(c60.removeprefix("sqlite:///"), copy / "motex.db")
-    url = f"sqlite:///{copy / 'motex.db'}"
-    trained = motex_process("train", "--structure", "c60-in-carbon", "--data", "c60-simulated", "--n-iter", "1", db=url)
+    folder.mkdir()
+    shutil.copy(c60.removeprefix("sqlite:///"), folder / "motex.db")
+    url = f"sqlite:///{folder / 'motex.db'}"
+    trained = run("train", "--structure", "c60-in-carbon", "--data", "c60-simulated", "--n-iter", "1", db=url)
     assert trained.exit_code == 0, trained.stderr
-    (copy / "mlflow.db").unlink()  # the store that holds the new model's run
+    return url
+
+
+def test_explain_without_the_models_mlflow_run_stores_its_answer_and_says_so(motex_process, c60, tmp_path):
+    """A record copied without its MLflow store: explain still answers, and says in one line why MLflow got nothing."""
+    url = _trained_copy(motex_process, c60, tmp_path / "copy")
+    (tmp_path / "copy" / "mlflow.db").unlink()  # the store that holds the new model's run
     result = motex_process("explain", "--structure", "c60-in-carbon", "--data", "c60-simulated", db=url)
     assert result.exit_code == 0, result.stderr
     assert "Traceback" not in result.stderr
@@ -166,26 +171,20 @@ def test_explain_without_the_models_mlflow_run_stores_its_answer_and_says_so(mot
 
 
 def test_explain_refuses_a_model_whose_fits_are_gone_and_changes_nothing(motex, c60, tmp_path):
-    import shutil
     import sqlite3
 
-    copy = tmp_path / "copy"
-    copy.mkdir()
-    shutil.copy(c60.removeprefix("sqlite:///"), copy / "motex.db")
-    url = f"sqlite:///{copy / 'motex.db'}"
-    trained = motex("train", "--structure", "c60-in-carbon", "--data", "c60-simulated", "--n-iter", "1", db=url)
-    assert trained.exit_code == 0, trained.stderr
     from sqlmodel import Session
 
     from motex_db.db import open_engine
     from motex_db.models import TrainedModel
 
+    url = _trained_copy(motex, c60, tmp_path / "copy")
     (model_id,), = query(url, "SELECT max(id) FROM trained_model")
     engine = open_engine(url)
     with Session(engine) as session:
         gone = int(session.get(TrainedModel, model_id).motif_ids[17])
     engine.dispose()
-    with sqlite3.connect(copy / "motex.db") as connection:
+    with sqlite3.connect(tmp_path / "copy" / "motex.db") as connection:
         connection.execute("DELETE FROM fit_result WHERE motif_id = ?", (gone,))
     before = snapshot(url)
     result = motex("explain", "--structure", "c60-in-carbon", "--data", "c60-simulated", db=url)
