@@ -318,17 +318,11 @@ def load_training_set(session, trained, n_permutable: int, features_cache: Optio
     masks = X[:, 1:].astype(bool)
     # every fit of the dataset and config, matched here: a list of 10^4 ids bound as query parameters
     # cost more than the rows the query then reads in excess
-    fitted = session.connection().execute(
+    fitted = dict(session.connection().execute(
         select(FitResult.motif_id, FitResult.rwp).where(FitResult.dataset_id == trained.dataset_id)
         .where(FitResult.fit_config_id == trained.fit_config_id)
-    ).all()
-    fitted_ids = np.array([r[0] for r in fitted], dtype=np.int64)
-    order = np.argsort(fitted_ids)
-    fitted_ids = fitted_ids[order]
-    fitted_rwp = np.array([np.nan if r[1] is None else r[1] for r in fitted], dtype=np.float64)[order]
-    at = np.minimum(np.searchsorted(fitted_ids, ids), max(len(fitted_ids) - 1, 0))
-    found = (fitted_ids[at] == ids) if len(fitted_ids) else np.zeros(len(ids), dtype=bool)
-    rwp = np.where(found, fitted_rwp[at] if len(fitted_ids) else np.nan, np.nan)
+    ).all())
+    rwp = np.array([fitted.get(int(i), np.nan) for i in ids], dtype=np.float64)  # NaN: a fit gone (or without Rwp)
     train_idx, test_idx = split(len(ids), int(trained.seed))
     return TrainingSet(ids, masks, rwp, X, train_idx, test_idx)
 

@@ -451,9 +451,7 @@ class Tracker:
                 path = Path(scratch) / name
                 path.write_text(content)
                 paths.append(path)
-            with self.logging():
-                for path in paths:
-                    self.client.log_artifact(run_id, str(path), artifact_path=folder)
+            self.log_artifacts(run_id, paths, folder)
 
     def log_artifacts(self, run_id: str, paths: list, folder: str) -> None:
         """Attach files on disk, by path, under ``folder`` of the run's artefacts."""
